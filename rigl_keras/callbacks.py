@@ -1,0 +1,576 @@
+"""`RigLCallback`: dynamic sparse training inside `model.fit`.
+
+The callback
+
+* at the start of training gives every masked layer whose mask is all ones a
+  random mask with exactly its target number of zeros (per-layer targets
+  from `rigl_keras.sparsity_distribution`), and zeroes the kernel outside it;
+* every `update_freq` optimizer steps, from `begin_step` to `end_step`, drops
+  and regrows connections of each sparse layer with a `rigl_keras.updaters`
+  rule (RigL, SET or SNFS), the drop fraction following a schedule, and
+  resets the optimizer's state at every changed position;
+* writes `sparsity` and `drop_fraction` into the logs.
+
+Steps are counted with `model.optimizer.iterations`. The dense gradient the
+RigL rule needs is recorded by the masked layers themselves, on the update
+step only, during the ordinary training step (see `rigl_keras.layers`): no
+extra data, no extra forward pass.
+"""
+
+import numbers
+import random
+import warnings
+import zlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rigl_keras import distributions
+from rigl_keras import layers as layers_lib
+from rigl_keras import optimizer_state
+from rigl_keras import schedules
+from rigl_keras import updaters
+
+__all__ = ["RigLCallback"]
+
+_DISTRIBUTIONS = ("uniform", "er", "erk")
+_SCHEDULES = ("cosine", "constant")
+_SNFS_MOMENTUM = 0.9
+_DEFAULT_END_FRACTION = 0.75
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and np.isfinite(value)
+    )
+
+
+def _layer_seed(seed, layer_name):
+    """A per-layer seed from the user seed and a stable digest of the name."""
+    return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode("utf-8"))) % (
+        2**31 - 1
+    )
+
+
+def random_mask(shape, num_zeros, seed):
+    """A 0/1 float32 mask of `shape` with exactly `num_zeros` zeros.
+
+    Args:
+        shape: The mask's shape.
+        num_zeros: Integer in `[0, prod(shape)]`.
+        seed: Integer seed; the same seed gives the same mask.
+
+    Returns:
+        A NumPy float32 array.
+
+    Example:
+
+    >>> int((random_mask((4, 5), 7, seed=0) == 0).sum())
+    7
+    """
+    size = int(np.prod(shape))
+    mask = np.ones(size, np.float32)
+    order = np.random.default_rng(seed).permutation(size)
+    mask[order[:num_zeros]] = 0.0
+    return mask.reshape(shape)
+
+
+def _next_update_step(step, begin_step, end_step, update_freq):
+    """The first update step strictly after `step`, or None past `end_step`."""
+    if step < begin_step:
+        candidate = begin_step + update_freq
+    else:
+        candidate = begin_step + update_freq * ((step - begin_step) // update_freq + 1)
+    return candidate if candidate <= end_step else None
+
+
+@keras.saving.register_keras_serializable(package="rigl_keras")
+class RigLCallback(keras.callbacks.Callback):
+    """Trains a model with masked layers sparse, rewiring it as RigL does.
+
+    Every `update_freq` optimizer steps `t` with `begin_step < t <= end_step`
+    and `(t - begin_step) % update_freq == 0`, each masked layer with
+    0 < density < 1 drops `floor(f(t) * nnz)` active connections with the
+    smallest `|W|` and grows as many where `|dL/d(W * M)|` is largest
+    (`grow="gradient"`), at random (`"random"`, SET) or where the momentum of
+    the dense gradient is largest (`"momentum"`, SNFS). `f` is the drop
+    fraction schedule. After `end_step` the masks are frozen.
+
+    Args:
+        sparsity: Overall fraction of zeros over all masked kernels, in
+            `[0, 1)`.
+        distribution: `"uniform"`, `"er"` or `"erk"` (how `sparsity` is
+            spread over layers), or a dict `{layer_name: sparsity}` (layers
+            not named stay dense).
+        update_freq: ΔT, optimizer steps between updates (>= 1), or `None`
+            for static sparse training (masks never change).
+        drop_fraction: α, the initial drop fraction, in `(0, 1]`.
+        drop_fraction_schedule: `"cosine"` (α annealed to 0 at `end_step`),
+            `"constant"`, or a `rigl_keras.schedules.DropFractionSchedule`.
+        begin_step: First optimizer step of the update window (>= 0).
+        end_step: Last optimizer step at which masks may change, greater
+            than `begin_step`; `None` means 75% of the optimizer steps of
+            this `fit()` call.
+        grow: `"gradient"` (RigL), `"random"` (SET), `"momentum"` (SNFS) or
+            a `rigl_keras.updaters.MaskUpdater`.
+        grow_init: Value of newly grown weights: `"zeros"` or
+            `"random_normal"`.
+        seed: Integer seed of the initial masks and of tie-breaks. `None`
+            draws one from Python's `random` module (which
+            `keras.utils.set_random_seed` seeds). Pass it explicitly for
+            multi-worker training.
+        dense_layers: Names of masked layers to keep dense (within the
+            budget for ER/ERK).
+        erk_power_scale: Exponent of the ERK raw scores.
+        verbose: 0 (silent) or 1 (one line per mask update).
+
+    Raises:
+        ValueError: For any argument outside its allowed range.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((20,)),
+    ...     rigl_keras.MaskedDense(64, activation="relu"),
+    ...     rigl_keras.MaskedDense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.random.rand(256, 20), np.random.rand(256, 1)
+    >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[
+    ...     rigl_keras.RigLCallback(sparsity=0.9, update_freq=4, seed=0)])
+    >>> round(history.history["sparsity"][-1], 2)
+    0.9
+    """
+
+    def __init__(
+        self,
+        sparsity=0.9,
+        distribution="erk",
+        update_freq=100,
+        drop_fraction=0.3,
+        drop_fraction_schedule="cosine",
+        begin_step=0,
+        end_step=None,
+        grow="gradient",
+        grow_init="zeros",
+        seed=None,
+        dense_layers=(),
+        erk_power_scale=1.0,
+        verbose=0,
+    ):
+        super().__init__()
+        if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(
+                "`sparsity` must be a number in [0, 1). "
+                f"Received: sparsity={sparsity!r}"
+            )
+        if isinstance(distribution, dict):
+            for name, value in distribution.items():
+                if not _is_real(value) or not 0.0 <= value < 1.0:
+                    raise ValueError(
+                        "Every sparsity in `distribution` must be a number in "
+                        f"[0, 1). Received: distribution[{name!r}]={value!r}"
+                    )
+        elif distribution not in _DISTRIBUTIONS:
+            raise ValueError(
+                f"`distribution` must be one of {_DISTRIBUTIONS} or a dict "
+                f"{{layer_name: sparsity}}. Received: distribution={distribution!r}"
+            )
+        if update_freq is not None and (not _is_int(update_freq) or update_freq < 1):
+            raise ValueError(
+                "`update_freq` must be an integer >= 1, or None for static "
+                f"sparse training. Received: update_freq={update_freq!r}"
+            )
+        if not _is_real(drop_fraction) or not 0.0 < drop_fraction <= 1.0:
+            raise ValueError(
+                "`drop_fraction` must be a number in (0, 1]. "
+                f"Received: drop_fraction={drop_fraction!r}"
+            )
+        if not (
+            drop_fraction_schedule in _SCHEDULES
+            or isinstance(drop_fraction_schedule, schedules.DropFractionSchedule)
+        ):
+            raise ValueError(
+                f"`drop_fraction_schedule` must be one of {_SCHEDULES} or a "
+                "rigl_keras.schedules.DropFractionSchedule. "
+                f"Received: drop_fraction_schedule={drop_fraction_schedule!r}"
+            )
+        if not _is_int(begin_step) or begin_step < 0:
+            raise ValueError(
+                "`begin_step` must be an integer >= 0. "
+                f"Received: begin_step={begin_step!r}"
+            )
+        if end_step is not None and (not _is_int(end_step) or end_step <= begin_step):
+            raise ValueError(
+                "`end_step` must be an integer greater than `begin_step` "
+                f"({begin_step}), or None. Received: end_step={end_step!r}"
+            )
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.updater = updaters.get(grow, grow_init)  # validates both
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.update_freq = update_freq
+        self.drop_fraction = float(drop_fraction)
+        self.drop_fraction_schedule = drop_fraction_schedule
+        self.begin_step = int(begin_step)
+        self.end_step = None if end_step is None else int(end_step)
+        self.grow = grow
+        self.grow_init = grow_init
+        self.seed = seed
+        self.dense_layers = tuple(dense_layers)
+        self.erk_power_scale = erk_power_scale
+        self.verbose = int(verbose)
+        self._bound_model = None
+        self._warned_non_finite = set()
+
+    # ------------------------------------------------------------------
+    # Serialization.
+
+    def get_config(self):
+        schedule = self.drop_fraction_schedule
+        if not isinstance(schedule, str):
+            schedule = keras.saving.serialize_keras_object(schedule)
+        if not isinstance(self.grow, str):
+            raise NotImplementedError(
+                "A RigLCallback with a custom MaskUpdater is not serializable."
+            )
+        return {
+            "sparsity": self.sparsity,
+            "distribution": self.distribution,
+            "update_freq": self.update_freq,
+            "drop_fraction": self.drop_fraction,
+            "drop_fraction_schedule": schedule,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "grow": self.grow,
+            "grow_init": self.grow_init,
+            "seed": self.seed,
+            "dense_layers": list(self.dense_layers),
+            "erk_power_scale": self.erk_power_scale,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("drop_fraction_schedule"), dict):
+            config["drop_fraction_schedule"] = keras.saving.deserialize_keras_object(
+                config["drop_fraction_schedule"]
+            )
+        return cls(**config)
+
+    # ------------------------------------------------------------------
+    # Public state.
+
+    @property
+    def layers(self):
+        """The masked layers of the model being trained."""
+        return list(self._layers)
+
+    @property
+    def target_sparsities(self):
+        """`{layer_name: sparsity}` resolved at the start of training."""
+        return dict(self._targets)
+
+    def current_sparsity(self):
+        """Overall fraction of zeros across all masked kernels (a float)."""
+        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
+        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
+        return zeros / total if total else 0.0
+
+    # ------------------------------------------------------------------
+    # Callback hooks.
+
+    def set_model(self, model):
+        if self._bound_model is not None and self._bound_model is not model:
+            raise ValueError(
+                "This RigLCallback is already bound to model "
+                f"'{self._bound_model.name}'; create a new RigLCallback for "
+                f"model '{model.name}'."
+            )
+        self._bound_model = model
+        super().set_model(model)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._layers = layers_lib.masked_layers(model)
+        if not self._layers:
+            raise ValueError(
+                f"Model '{model.name}' has no masked layer: use "
+                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
+                "Dense / Conv2D to train it sparse."
+            )
+        self._strategy = model.distribute_strategy
+        self._optimizer = model.optimizer
+        if not self._optimizer.built:
+            self._optimizer.build(model.trainable_variables)
+        if self.update_freq is not None:
+            optimizer_state.check_optimizer_supported(self._optimizer)
+            self._check_steps_per_execution(model)
+        if self.seed is None:
+            self.seed = random.randint(0, 2**31 - 2)
+        self._targets = self._resolve_targets()
+        self._initialize_masks()
+        self._resolved_schedule = None
+        self._drop_fraction_now = 0.0
+        self._updates_left = self.update_freq is not None
+        self._last_stats = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start_step = int(self._optimizer.iterations)
+        if self._resolved_schedule is None:
+            self._start_update_window(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._updates_left:
+            return
+        step = self._epoch_start_step + batch + 1
+        if step < self._next_update:
+            return
+        step = int(self._optimizer.iterations)
+        if step != self._next_update:
+            raise ValueError(
+                f"Mask update step {self._next_update} fell inside one "
+                f"execution of {self._steps_per_execution} steps (now at "
+                f"step {step}). Use `update_freq` and `begin_step` that are "
+                "multiples of the model's `steps_per_execution`."
+            )
+        self._update_masks(step)
+        self._schedule_next_update(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["sparsity"] = self.current_sparsity()
+        logs["drop_fraction"] = self._drop_fraction_now
+        for key, value in self._last_stats.items():
+            logs[key] = value
+
+    def on_train_end(self, logs=None):
+        self._detach_recorders()
+
+    # ------------------------------------------------------------------
+    # Start of training.
+
+    def _check_steps_per_execution(self, model):
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._steps_per_execution = spe
+        for name, value in (("update_freq", self.update_freq), ("begin_step", self.begin_step)):
+            if value % spe:
+                raise ValueError(
+                    f"`{name}` must be a multiple of the model's "
+                    f"steps_per_execution ({spe}), because Keras runs "
+                    "callbacks only between executions. "
+                    f"Received: {name}={value}"
+                )
+
+    def _resolve_targets(self):
+        names = [layer.name for layer in self._layers]
+        if isinstance(self.distribution, dict):
+            unknown = sorted(set(self.distribution) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"`distribution` names layers that are not masked layers "
+                    f"of the model: {unknown}. Masked layers: {names}"
+                )
+            return {name: float(self.distribution.get(name, 0.0)) for name in names}
+        return distributions.sparsity_distribution(
+            self.model,
+            self.sparsity,
+            method=self.distribution,
+            dense_layers=self.dense_layers,
+            erk_power_scale=self.erk_power_scale,
+        )
+
+    def _initialize_masks(self):
+        shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
+        zeros = distributions.layer_zero_counts(shapes, self._targets)
+        with self._strategy.scope():
+            for layer in self._layers:
+                mask = np.asarray(layer.mask)
+                if np.all(mask == 1.0) and zeros[layer.name] > 0:
+                    layer.mask.assign(
+                        random_mask(
+                            mask.shape,
+                            zeros[layer.name],
+                            _layer_seed(self.seed, layer.name),
+                        )
+                    )
+                elif int(np.sum(mask == 0)) != zeros[layer.name]:
+                    warnings.warn(
+                        f"Layer '{layer.name}' already has a sparse mask with "
+                        f"{int(np.sum(mask == 0))} zeros; keeping it (the "
+                        f"target is {zeros[layer.name]}).",
+                        stacklevel=2,
+                    )
+                layer.apply_mask()
+
+    def _start_update_window(self, epoch):
+        """Resolves end_step and the schedule at the first epoch of `fit`."""
+        if self.update_freq is None:
+            self._resolved_schedule = schedules.ConstantDropFraction(1.0)
+            return
+        end_step = self.end_step
+        if end_step is None:
+            steps = self.params.get("steps")
+            epochs = self.params.get("epochs")
+            if not steps or not epochs:
+                raise ValueError(
+                    "RigLCallback(end_step=None) needs the number of steps "
+                    "of this fit() call, but Keras does not know it (a "
+                    "dataset of unknown length?). Pass `end_step`, or "
+                    "`steps_per_epoch` to fit()."
+                )
+            # Steps of this fit() call, counted from epoch 0 so that a run
+            # resumed with `initial_epoch` keeps the uninterrupted end_step.
+            fit_start = self._epoch_start_step - epoch * steps
+            end_step = fit_start + int(_DEFAULT_END_FRACTION * steps * epochs)
+            if end_step <= self.begin_step:
+                end_step = None
+        self._end_step = end_step
+        schedule = self.drop_fraction_schedule
+        if schedule == "cosine":
+            schedule = schedules.CosineDropFraction(
+                self.drop_fraction, self.begin_step, end_step or self.begin_step + 1
+            )
+        elif schedule == "constant":
+            schedule = schedules.ConstantDropFraction(self.drop_fraction)
+        self._resolved_schedule = schedule
+        if end_step is None:
+            self._updates_left = False
+            return
+        self._attach_recorders()
+        self._schedule_next_update(self._epoch_start_step)
+        self._build_update_function()
+
+    # ------------------------------------------------------------------
+    # Dense-gradient recording.
+
+    def _attach_recorders(self):
+        self._record_step = None
+        if not self.updater.uses_gradient:
+            return
+        momentum = _SNFS_MOMENTUM if isinstance(self.updater, updaters.SNFS) else None
+        with self._strategy.scope():
+            self._record_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            for layer in self._layers:
+                layer.recorder = layers_lib.DenseGradientRecorder(
+                    tuple(layer.kernel.shape),
+                    self._optimizer.iterations,
+                    self._record_step,
+                    momentum=momentum,
+                )
+        # The train function was traced (or will be reused) without the
+        # recorders: make Keras build a fresh one that records.
+        self.model.make_train_function(force=True)
+
+    def _detach_recorders(self):
+        attached = False
+        for layer in getattr(self, "_layers", []):
+            attached = attached or layer.recorder is not None
+            layer.recorder = None
+        if attached:
+            self.model.train_function = None
+
+    def _schedule_next_update(self, step):
+        self._next_update = _next_update_step(
+            step, self.begin_step, self._end_step, self.update_freq
+        )
+        if self._next_update is None:
+            self._updates_left = False
+        if self._record_step is not None:
+            # Past end_step the recorders stay attached until the end of
+            # fit() (the running train function holds them) but record nothing.
+            self._record_step.assign(self._next_update or -1)
+
+    # ------------------------------------------------------------------
+    # The update.
+
+    def _build_update_function(self):
+        layer_seeds = [_layer_seed(self.seed, l.name) for l in self._layers]
+        sparse = [0 < self._targets[l.name] < 1 for l in self._layers]
+
+        @tf.function
+        def update(drop_fraction, step):
+            results = []
+            for layer, layer_seed, is_sparse in zip(self._layers, layer_seeds, sparse):
+                if not is_sparse:
+                    continue
+                results.append(
+                    self._update_layer(layer, drop_fraction, step, layer_seed)
+                )
+            return results
+
+        self._update_function = update
+
+    def _update_layer(self, layer, drop_fraction, step, layer_seed):
+        kernel = tf.convert_to_tensor(layer.kernel)
+        mask = tf.convert_to_tensor(layer.mask)
+        recorder = layer.recorder
+        if recorder is not None:
+            gradient = tf.convert_to_tensor(recorder.gradient)
+        else:
+            gradient = tf.zeros(tf.shape(kernel), tf.float32)
+        finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(gradient)),
+            tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32))),
+        )
+        seed = tf.stack([tf.constant(layer_seed, tf.int64), tf.cast(step, tf.int64)])
+        result = self.updater.update(kernel, mask, gradient, drop_fraction, seed)
+        grown = tf.logical_and(finite, result.grown)
+        changed = tf.logical_and(finite, tf.logical_or(result.grown, result.dropped))
+        layer.mask.assign(tf.where(finite, result.mask, mask))
+        layer.kernel.assign(tf.where(finite, result.kernel, kernel))
+        optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, changed)
+        if recorder is not None and recorder.momentum is None:
+            recorder.reset()
+        return {
+            "finite": finite,
+            "grown": tf.reduce_sum(tf.cast(grown, tf.int64)),
+            "gradient_is_zero": tf.reduce_all(tf.equal(gradient, 0.0)),
+        }
+
+    def _update_masks(self, step):
+        fraction = float(self._resolved_schedule(step))
+        self._drop_fraction_now = fraction
+        with self._strategy.scope():
+            results = self._update_function(
+                tf.constant(fraction, tf.float64), tf.constant(step, tf.int64)
+            )
+        sparse_layers = [l for l in self._layers if 0 < self._targets[l.name] < 1]
+        total_grown = 0
+        for layer, result in zip(sparse_layers, results):
+            if not bool(result["finite"]):
+                if layer.name not in self._warned_non_finite:
+                    self._warned_non_finite.add(layer.name)
+                    warnings.warn(
+                        f"Skipped the mask update of layer '{layer.name}' at "
+                        f"step {step}: its dense gradient or kernel is not "
+                        "finite. Its mask and weights are unchanged.",
+                        stacklevel=2,
+                    )
+                continue
+            if self.updater.uses_gradient and bool(result["gradient_is_zero"]):
+                warnings.warn(
+                    f"The recorded dense gradient of layer '{layer.name}' is "
+                    f"all zeros at step {step}: grown connections were picked "
+                    "by tie-break only. Was the layer called with "
+                    "training=True in the train step?",
+                    stacklevel=2,
+                )
+            total_grown += int(result["grown"])
+        if self.verbose:
+            print(
+                f"RigLCallback: step {step}: drop fraction {fraction:.4f}, "
+                f"{total_grown} connections regrown, sparsity "
+                f"{self.current_sparsity():.4f}"
+            )

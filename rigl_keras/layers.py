@@ -90,7 +90,7 @@ class DenseGradientRecorder:
     def should_record(self):
         """Returns a boolean tensor: is the current step a recording step?"""
         step = tf.cast(_value(self.step_counter), tf.int64) + 1
-        return tf.equal(step, _value(self.record_step))
+        return tf.equal(step, tf.cast(_value(self.record_step), tf.int64))
 
     def maybe_record(self, grad):
         """Adds `grad` to the stored gradient if this is a recording step.
@@ -577,9 +577,15 @@ def masked_layers(model):
     """
     found = []
     seen = set()
-    candidates = [model] + list(model._flatten_layers(include_self=False, recursive=True))
-    for layer in candidates:
-        if isinstance(layer, MaskedLayer) and id(layer) not in seen:
-            seen.add(id(layer))
+    # Depth-first, in each layer's own order. (Keras' `_flatten_layers`
+    # visits the sublayers of a nested model in reverse order.)
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, MaskedLayer):
             found.append(layer)
+        stack.extend(reversed(getattr(layer, "_layers", None) or []))
     return found

@@ -3,7 +3,7 @@
 Every schedule maps a training step to a fraction in ``[0, 1]``. They are
 shaped like ``keras.optimizers.schedules.LearningRateSchedule``: calling one
 with a step (a Python int or an integer tensor, also inside a
-``tf.function``) returns a scalar ``float32`` tensor, ``get_config()`` is a
+``tf.function``) returns a scalar ``float64`` tensor, ``get_config()`` is a
 flat dict of Python numbers and ``from_config(config)`` is ``cls(**config)``.
 Each class is registered with Keras under the ``rigl_keras`` package, so
 ``keras.saving.serialize_keras_object`` / ``deserialize_keras_object`` round
@@ -150,9 +150,9 @@ def _progress(step, begin_step, end_step):
         end_step: Python int, end of the window (`> begin_step`).
 
     Returns:
-        A scalar `float32` tensor in `[0, 1]`.
+        A scalar `float64` tensor in `[0, 1]`.
     """
-    step = ops.cast(step, "float32")
+    step = ops.cast(step, "float64")
     duration = float(end_step - begin_step)
     elapsed = ops.clip(step - float(begin_step), 0.0, duration)
     return elapsed / duration
@@ -187,7 +187,7 @@ class DropFractionSchedule(abc.ABC):
                 `tf.function`.
 
         Returns:
-            A scalar `float32` tensor.
+            A scalar `float64` tensor.
         """
 
     @abc.abstractmethod
@@ -254,7 +254,7 @@ class CosineDropFraction(DropFractionSchedule):
         self.begin_step, self.end_step = _check_begin_end(begin_step, end_step)
 
     def __call__(self, step):
-        """Returns the drop fraction at `step` as a scalar `float32` tensor."""
+        """Returns the drop fraction at `step` as a scalar `float64` tensor."""
         progress = _progress(step, self.begin_step, self.end_step)
         return (
             self.initial_drop_fraction
@@ -293,16 +293,16 @@ class ConstantDropFraction(DropFractionSchedule):
         )
 
     def __call__(self, step):
-        """Returns `drop_fraction` as a scalar `float32` tensor.
+        """Returns `drop_fraction` as a scalar `float64` tensor.
 
         Args:
             step: Ignored; accepted for interface compatibility.
 
         Returns:
-            A scalar `float32` tensor.
+            A scalar `float64` tensor.
         """
         del step  # Unused.
-        return ops.convert_to_tensor(self.drop_fraction, dtype="float32")
+        return ops.convert_to_tensor(self.drop_fraction, dtype="float64")
 
     def get_config(self):
         """Returns the constructor arguments as a flat dict."""
@@ -369,7 +369,7 @@ class PolynomialSparsity(DropFractionSchedule):
         self.power = power
 
     def __call__(self, step):
-        """Returns the target sparsity at `step` as a scalar `float32` tensor."""
+        """Returns the target sparsity at `step` as a scalar `float64` tensor."""
         progress = _progress(step, self.begin_step, self.end_step)
         decay = ops.power(1.0 - progress, float(self.power))
         return self.final_sparsity + (

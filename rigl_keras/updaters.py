@@ -36,6 +36,7 @@ __all__ = [
     "SET",
     "SNFS",
     "get",
+    "floor_count",
     "select_top_k",
 ]
 
@@ -94,6 +95,41 @@ def select_top_k(scores, eligible, k, seed):
         positions[:, tf.newaxis], tf.ones_like(positions, tf.bool), [size]
     )
     return tf.reshape(chosen, tf.shape(scores))
+
+
+def _as_float64(value):
+    """A float64 tensor; Python numbers are converted without a float32 hop."""
+    if tf.is_tensor(value):
+        return tf.cast(value, tf.float64)
+    return tf.constant(value, tf.float64)
+
+
+def floor_count(fraction, count):
+    """`floor(fraction * count)` as an int32 tensor, safe from float round-off.
+
+    A product within a relative 1e-9 of an integer is snapped to it before
+    the floor (as `rigl_keras.distributions.layer_zero_counts` does), so
+    that `0.29 * 100` (28.999999999999996 in floating point) gives 29. Pass
+    float64 fractions (the schedules return float64): a float32 `0.7` is
+    0.699999988 and gives 6 of 10.
+
+    Args:
+        fraction: Scalar float tensor or number.
+        count: Scalar integer tensor or number.
+
+    Returns:
+        A scalar int32 tensor.
+
+    Example:
+
+    >>> int(floor_count(0.29, 100)), int(floor_count(0.7, 10))
+    (29, 7)
+    """
+    exact = _as_float64(fraction) * tf.cast(count, tf.float64)
+    nearest = tf.round(exact)
+    tolerance = 1e-9 * tf.maximum(tf.constant(1.0, tf.float64), exact)
+    snapped = tf.abs(exact - nearest) <= tolerance
+    return tf.cast(tf.where(snapped, nearest, tf.floor(exact)), tf.int32)
 
 
 class MaskUpdater:
@@ -175,10 +211,7 @@ class MaskUpdater:
         seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(4)]
         active = mask > 0
         nnz = tf.reduce_sum(tf.cast(active, tf.int64))
-        n_replace = tf.cast(
-            tf.floor(tf.cast(drop_fraction, tf.float64) * tf.cast(nnz, tf.float64)),
-            tf.int32,
-        )
+        n_replace = floor_count(drop_fraction, nnz)
 
         drop_scores = self.drop_scores(kernel, mask, gradient, seeds[0])
         kept = select_top_k(

@@ -54,11 +54,11 @@ def test_cosine_defaults():
     np.testing.assert_allclose(_value(schedule, 5), 0.15, atol=1e-6)
 
 
-def test_cosine_returns_float32_tensor():
+def test_cosine_returns_float64_tensor():
     schedule = schedules.CosineDropFraction(0.3, 0, 10)
     out = schedule(3)
     assert tf.is_tensor(out)
-    assert out.dtype == tf.float32
+    assert out.dtype == tf.float64
     assert out.shape == ()
 
 
@@ -72,7 +72,7 @@ def test_cosine_inside_tf_function(dtype):
 
     for step, expected in _COSINE_CASES:
         out = fn(tf.constant(step, dtype=dtype))
-        assert out.dtype == tf.float32
+        assert out.dtype == tf.float64
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
 
 
@@ -120,7 +120,7 @@ def test_constant(step):
 def test_constant_default_and_tf_function():
     schedule = schedules.ConstantDropFraction()
     out = tf.function(schedule)(tf.constant(7, dtype=tf.int64))
-    assert out.dtype == tf.float32
+    assert out.dtype == tf.float64
     np.testing.assert_allclose(out.numpy(), 0.3, rtol=1e-7)
 
 
@@ -165,7 +165,7 @@ def test_polynomial_inside_tf_function():
     fn = tf.function(schedule)
     for step, expected in _POLY_CASES:
         out = fn(tf.constant(step, dtype=tf.int64))
-        assert out.dtype == tf.float32
+        assert out.dtype == tf.float64
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
 
 

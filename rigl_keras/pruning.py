@@ -1,0 +1,483 @@
+"""`GradualPruningCallback`: gradual magnitude pruning (Zhu & Gupta 2017).
+
+The dense-to-sparse baseline of the RigL paper. Training starts dense (every
+mask all ones) and the callback
+
+* at the start of training prunes each masked layer to the initial sparsity
+  (nothing when `initial_sparsity=0`);
+* at every optimizer step `t` with `begin_step <= t <= end_step` and
+  `(t - begin_step) % update_freq == 0`, and at `end_step` exactly, sets the
+  sparsity of each masked layer `l` to
+
+      s_t,l = s_f,l + (s_i,l - s_f,l) * (1 - p) ** 3,
+      p = clip((t - begin_step) / (end_step - begin_step), 0, 1),
+
+  where `s_f,l` is the layer's final target (from
+  `rigl_keras.sparsity_distribution`) and `s_i,l = min(initial_sparsity,
+  s_f,l)`, by keeping the `N_l - floor(s_t,l * N_l)` largest `|W|` among its
+  currently active weights (masks only shrink) and resetting the optimizer
+  state of the pruned positions;
+* after `end_step` leaves the masks frozen at exactly the final targets;
+* writes `sparsity` into the logs.
+
+Steps are counted with `model.optimizer.iterations`, as in
+`rigl_keras.RigLCallback`.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rigl_keras import callbacks as callbacks_lib
+from rigl_keras import distributions
+from rigl_keras import layers as layers_lib
+from rigl_keras import optimizer_state
+from rigl_keras import schedules
+from rigl_keras import updaters
+
+__all__ = ["GradualPruningCallback"]
+
+# Zhu & Gupta's exponent of the sparsity schedule.
+_POWER = 3
+# The callback has no `seed` argument: ties in |W| are broken by a seeded
+# random order keyed by this constant, the layer name and the step, so runs
+# and replicas agree.
+_TIE_BREAK_SEED = 0
+
+
+def _sparsity_at(schedule, step):
+    """Evaluates a `PolynomialSparsity` at `step` as a float64 Python float.
+
+    `PolynomialSparsity.__call__` returns float32, and `float32(0.9) * 1000`
+    floors to 899 zeros; the same formula in float64 gives exactly
+    `final_sparsity` at `end_step` and `initial_sparsity` at `begin_step`.
+    """
+    duration = schedule.end_step - schedule.begin_step
+    progress = min(max((step - schedule.begin_step) / duration, 0.0), 1.0)
+    return schedule.final_sparsity + (
+        schedule.initial_sparsity - schedule.final_sparsity
+    ) * (1.0 - progress) ** schedule.power
+
+
+def _next_pruning_step(step, begin_step, end_step, update_freq):
+    """The first pruning step strictly after `step`, or None past `end_step`.
+
+    Pruning steps are `begin_step + k * update_freq` (k >= 0) up to
+    `end_step`, plus `end_step` itself.
+    """
+    if step < begin_step:
+        return begin_step
+    candidate = callbacks_lib._next_update_step(  # pylint: disable=protected-access
+        step, begin_step, end_step, update_freq
+    )
+    if candidate is None and step < end_step:
+        candidate = end_step
+    return candidate
+
+
+@keras.saving.register_keras_serializable(package="rigl_keras")
+class GradualPruningCallback(keras.callbacks.Callback):
+    """Prunes a model with masked layers gradually, by weight magnitude.
+
+    See the module docstring for the schedule. The number of zeros of layer
+    `l` after a pruning step is exactly `floor(s_t,l * N_l)`
+    (`rigl_keras.distributions.layer_zero_counts`), unless the layer was
+    already sparser (masks never grow). Ties in `|W|` are broken by a seeded
+    random order (the same on every run and replica). Layers whose final
+    target is 0 are never touched.
+
+    Args:
+        sparsity: Final overall fraction of zeros over all masked kernels,
+            in `[0, 1)`. Ignored when `distribution` is a dict.
+        distribution: `"uniform"`, `"er"` or `"erk"` (how `sparsity` is
+            spread over layers), or a dict `{layer_name: final_sparsity}`
+            (layers not named stay dense).
+        begin_step: Optimizer step at which pruning starts (>= 0).
+        end_step: Optimizer step at which the final sparsity is reached,
+            greater than `begin_step`; `None` means 75% of the optimizer
+            steps of this `fit()` call.
+        update_freq: Optimizer steps between pruning steps (>= 1).
+        initial_sparsity: Sparsity `s_i` of the schedule at `begin_step`, in
+            `[0, sparsity]`; the model is pruned to it when training starts.
+            A layer whose final target is lower starts at its final target.
+        dense_layers: Names of masked layers to keep dense (within the
+            budget for ER/ERK).
+        erk_power_scale: Exponent of the ERK raw scores.
+        verbose: 0 (silent) or 1 (one line per pruning step).
+
+    Raises:
+        ValueError: For any argument outside its allowed range.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((20,)),
+    ...     rigl_keras.MaskedDense(64, activation="relu"),
+    ...     rigl_keras.MaskedDense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.random.rand(256, 20), np.random.rand(256, 1)
+    >>> history = model.fit(x, y, epochs=4, verbose=0, callbacks=[
+    ...     rigl_keras.GradualPruningCallback(
+    ...         sparsity=0.8, distribution="uniform", update_freq=4)])
+    >>> round(history.history["sparsity"][-1], 2)
+    0.8
+    """
+
+    def __init__(
+        self,
+        sparsity,
+        distribution="erk",
+        begin_step=0,
+        end_step=None,
+        update_freq=100,
+        initial_sparsity=0.0,
+        dense_layers=(),
+        erk_power_scale=1.0,
+        verbose=0,
+    ):
+        super().__init__()
+        is_int, is_real = callbacks_lib._is_int, callbacks_lib._is_real  # pylint: disable=protected-access
+        if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(
+                "`sparsity` must be a number in [0, 1). "
+                f"Received: sparsity={sparsity!r}"
+            )
+        if isinstance(distribution, dict):
+            for name, value in distribution.items():
+                if not is_real(value) or not 0.0 <= value < 1.0:
+                    raise ValueError(
+                        "Every sparsity in `distribution` must be a number in "
+                        f"[0, 1). Received: distribution[{name!r}]={value!r}"
+                    )
+        elif distribution not in callbacks_lib._DISTRIBUTIONS:  # pylint: disable=protected-access
+            raise ValueError(
+                f"`distribution` must be one of "
+                f"{callbacks_lib._DISTRIBUTIONS} or a dict "  # pylint: disable=protected-access
+                f"{{layer_name: sparsity}}. Received: distribution={distribution!r}"
+            )
+        if not is_int(begin_step) or begin_step < 0:
+            raise ValueError(
+                "`begin_step` must be an integer >= 0. "
+                f"Received: begin_step={begin_step!r}"
+            )
+        if end_step is not None and (not is_int(end_step) or end_step <= begin_step):
+            raise ValueError(
+                "`end_step` must be an integer greater than `begin_step` "
+                f"({begin_step}), or None. Received: end_step={end_step!r}"
+            )
+        if not is_int(update_freq) or update_freq < 1:
+            raise ValueError(
+                "`update_freq` must be an integer >= 1. "
+                f"Received: update_freq={update_freq!r}"
+            )
+        if not is_real(initial_sparsity) or not 0.0 <= initial_sparsity <= sparsity:
+            raise ValueError(
+                f"`initial_sparsity` must be a number in [0, sparsity] = "
+                f"[0, {sparsity}]. Received: initial_sparsity={initial_sparsity!r}"
+            )
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.begin_step = int(begin_step)
+        self.end_step = None if end_step is None else int(end_step)
+        self.update_freq = int(update_freq)
+        self.initial_sparsity = float(initial_sparsity)
+        self.dense_layers = tuple(dense_layers)
+        self.erk_power_scale = erk_power_scale
+        self.verbose = int(verbose)
+        self._bound_model = None
+        self._warned_non_finite = set()
+        self._layers = []
+        self._targets = {}
+        self._schedules = None
+
+    # ------------------------------------------------------------------
+    # Serialization.
+
+    def get_config(self):
+        return {
+            "sparsity": self.sparsity,
+            "distribution": self.distribution,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "update_freq": self.update_freq,
+            "initial_sparsity": self.initial_sparsity,
+            "dense_layers": list(self.dense_layers),
+            "erk_power_scale": self.erk_power_scale,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # ------------------------------------------------------------------
+    # Public state.
+
+    @property
+    def layers(self):
+        """The masked layers of the model being trained."""
+        return list(self._layers)
+
+    @property
+    def target_sparsities(self):
+        """Final `{layer_name: sparsity}` resolved at the start of training."""
+        return dict(self._targets)
+
+    @property
+    def sparsity_schedules(self):
+        """`{layer_name: PolynomialSparsity}` of the pruned layers.
+
+        Resolved at the first epoch of `fit()` (`None` before).
+        """
+        return None if self._schedules is None else dict(self._schedules)
+
+    def current_sparsity(self):
+        """Overall fraction of zeros across all masked kernels (a float)."""
+        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
+        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
+        return zeros / total if total else 0.0
+
+    def target_sparsities_at(self, step):
+        """`{layer_name: s_t,l}` the schedule prescribes at optimizer `step`.
+
+        Layers with final target 0 map to 0.0. Available once the schedule
+        is resolved (first epoch of `fit()`).
+        """
+        if self._schedules is None:
+            raise ValueError(
+                "The pruning schedule is resolved at the first epoch of fit(); "
+                "call target_sparsities_at() after training has started."
+            )
+        return {
+            name: _sparsity_at(self._schedules[name], step)
+            if name in self._schedules
+            else 0.0
+            for name in self._targets
+        }
+
+    # ------------------------------------------------------------------
+    # Callback hooks.
+
+    def set_model(self, model):
+        if self._bound_model is not None and self._bound_model is not model:
+            raise ValueError(
+                "This GradualPruningCallback is already bound to model "
+                f"'{self._bound_model.name}'; create a new "
+                f"GradualPruningCallback for model '{model.name}'."
+            )
+        self._bound_model = model
+        super().set_model(model)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._layers = layers_lib.masked_layers(model)
+        if not self._layers:
+            raise ValueError(
+                f"Model '{model.name}' has no masked layer: use "
+                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
+                "Dense / Conv2D to prune it."
+            )
+        self._strategy = model.distribute_strategy
+        self._optimizer = model.optimizer
+        if not self._optimizer.built:
+            self._optimizer.build(model.trainable_variables)
+        optimizer_state.check_optimizer_supported(self._optimizer)
+        self._check_steps_per_execution(model)
+        self._targets = self._resolve_targets()
+        self._pruned = [l for l in self._layers if self._targets[l.name] > 0.0]
+        self._shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
+        with self._strategy.scope():
+            for layer in self._layers:
+                layer.apply_mask()
+        self._schedules = None
+        self._updates_left = bool(self._pruned)
+        self._build_update_function()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start_step = int(self._optimizer.iterations)
+        if self._schedules is None:
+            self._start_pruning_window(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._updates_left:
+            return
+        step = self._epoch_start_step + batch + 1
+        if step < self._next_update:
+            return
+        step = int(self._optimizer.iterations)
+        if step != self._next_update:
+            raise ValueError(
+                f"Pruning step {self._next_update} fell inside one execution "
+                f"of {self._steps_per_execution} steps (now at step {step}). "
+                "Use `update_freq`, `begin_step` and `end_step` that are "
+                "multiples of the model's `steps_per_execution`."
+            )
+        self._prune(step)
+        self._schedule_next_update(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["sparsity"] = self.current_sparsity()
+
+    # ------------------------------------------------------------------
+    # Start of training.
+
+    def _check_steps_per_execution(self, model):
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._steps_per_execution = spe
+        for name, value in (
+            ("update_freq", self.update_freq),
+            ("begin_step", self.begin_step),
+            ("end_step", self.end_step or 0),
+        ):
+            if value % spe:
+                raise ValueError(
+                    f"`{name}` must be a multiple of the model's "
+                    f"steps_per_execution ({spe}), because Keras runs "
+                    "callbacks only between executions. "
+                    f"Received: {name}={value}"
+                )
+
+    def _resolve_targets(self):
+        names = [layer.name for layer in self._layers]
+        if isinstance(self.distribution, dict):
+            unknown = sorted(set(self.distribution) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"`distribution` names layers that are not masked layers "
+                    f"of the model: {unknown}. Masked layers: {names}"
+                )
+            return {name: float(self.distribution.get(name, 0.0)) for name in names}
+        return distributions.sparsity_distribution(
+            self.model,
+            self.sparsity,
+            method=self.distribution,
+            dense_layers=self.dense_layers,
+            erk_power_scale=self.erk_power_scale,
+        )
+
+    def _resolve_end_step(self, epoch):
+        if self.end_step is not None:
+            return self.end_step
+        steps = self.params.get("steps")
+        epochs = self.params.get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                "GradualPruningCallback(end_step=None) needs the number of "
+                "steps of this fit() call, but Keras does not know it (a "
+                "dataset of unknown length?). Pass `end_step`, or "
+                "`steps_per_epoch` to fit()."
+            )
+        # Counted from epoch 0 of this fit() call, as RigLCallback does.
+        fit_start = self._epoch_start_step - epoch * steps
+        length = int(callbacks_lib._DEFAULT_END_FRACTION * steps * epochs)  # pylint: disable=protected-access
+        end_step = fit_start + length
+        end_step -= end_step % self._steps_per_execution
+        if end_step <= self.begin_step:
+            raise ValueError(
+                "GradualPruningCallback(end_step=None) resolved end_step to "
+                f"{end_step} (75% of the {steps * epochs} steps of this fit() "
+                f"call), which is not after begin_step={self.begin_step}. "
+                "Pass an explicit `end_step` or train longer."
+            )
+        return end_step
+
+    def _start_pruning_window(self, epoch):
+        """Resolves end_step and the schedules, then prunes to s_t0."""
+        self._end_step = self._resolve_end_step(epoch)
+        self._schedules = {
+            layer.name: schedules.PolynomialSparsity(
+                self._targets[layer.name],
+                self.begin_step,
+                self._end_step,
+                initial_sparsity=min(self.initial_sparsity, self._targets[layer.name]),
+                power=_POWER,
+            )
+            for layer in self._pruned
+        }
+        if not self._pruned:
+            return
+        # At a fresh start this is the initial sparsity; a resumed run
+        # catches up with the schedule (masks only shrink).
+        self._prune(self._epoch_start_step)
+        self._schedule_next_update(self._epoch_start_step)
+
+    def _schedule_next_update(self, step):
+        self._next_update = _next_pruning_step(
+            step, self.begin_step, self._end_step, self.update_freq
+        )
+        if self._next_update is None:
+            self._updates_left = False
+
+    # ------------------------------------------------------------------
+    # The pruning step.
+
+    def _build_update_function(self):
+        seeds = [
+            callbacks_lib._layer_seed(_TIE_BREAK_SEED, l.name)  # pylint: disable=protected-access
+            for l in self._pruned
+        ]
+
+        @tf.function
+        def update(keep_counts, step):
+            results = []
+            for i, (layer, layer_seed) in enumerate(zip(self._pruned, seeds)):
+                results.append(
+                    self._prune_layer(layer, keep_counts[i], step, layer_seed)
+                )
+            return results
+
+        self._update_function = update
+
+    def _prune_layer(self, layer, keep, step, layer_seed):
+        kernel = tf.convert_to_tensor(layer.kernel)
+        mask = tf.convert_to_tensor(layer.mask)
+        finite = tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32)))
+        active = mask > 0
+        nnz = tf.reduce_sum(tf.cast(active, tf.int32))
+        seed = tf.stack([tf.constant(layer_seed, tf.int64), tf.cast(step, tf.int64)])
+        kept = updaters.select_top_k(
+            tf.abs(kernel), active, tf.minimum(keep, nnz), seed
+        )
+        kept = tf.where(finite, kept, active)
+        pruned = tf.logical_and(active, tf.logical_not(kept))
+        layer.mask.assign(tf.cast(kept, mask.dtype))
+        layer.kernel.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
+        optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, pruned)
+        return {
+            "finite": finite,
+            "pruned": tf.reduce_sum(tf.cast(pruned, tf.int64)),
+        }
+
+    def _prune(self, step):
+        targets = {
+            l.name: _sparsity_at(self._schedules[l.name], step) for l in self._pruned
+        }
+        zeros = distributions.layer_zero_counts(self._shapes, targets)
+        keep = [int(np.prod(self._shapes[l.name])) - zeros[l.name] for l in self._pruned]
+        with self._strategy.scope():
+            results = self._update_function(
+                tf.constant(keep, tf.int32), tf.constant(step, tf.int64)
+            )
+        total_pruned = 0
+        for layer, result in zip(self._pruned, results):
+            if not bool(result["finite"]):
+                if layer.name not in self._warned_non_finite:
+                    self._warned_non_finite.add(layer.name)
+                    warnings.warn(
+                        f"Skipped pruning layer '{layer.name}' at step {step}: "
+                        "its kernel is not finite. Its mask is unchanged.",
+                        stacklevel=2,
+                    )
+                continue
+            total_pruned += int(result["pruned"])
+        if self.verbose:
+            print(
+                f"GradualPruningCallback: step {step}: {total_pruned} "
+                f"connections pruned, sparsity {self.current_sparsity():.4f}"
+            )

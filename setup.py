@@ -26,6 +26,7 @@ setuptools.setup(
         "absl-py",
         "tensorflow-datasets",
         "importlib_resources",
+        "tensorboard",
     ],
     extras_require={
         "test": [
@@ -35,6 +36,7 @@ setuptools.setup(
             "nbclient",
             "nbformat",
             "ipykernel",
+            "ai-edge-litert",
         ],
         "tflite": ["ai-edge-litert"],
     },

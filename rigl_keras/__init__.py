@@ -10,25 +10,39 @@ with `rigl_keras.MaskedDense` / `rigl_keras.MaskedConv2D` in place of
 """
 
 from rigl_keras import distributions
+from rigl_keras import flops
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
 from rigl_keras.callbacks import RigLCallback
 from rigl_keras.distributions import sparsity_distribution
+from rigl_keras.export import export_saved_model
+from rigl_keras.export import export_tflite
+from rigl_keras.export import strip_masks
 from rigl_keras.layers import MaskedConv2D
 from rigl_keras.layers import MaskedDense
 from rigl_keras.layers import masked_layers
+from rigl_keras.pruning import GradualPruningCallback
+from rigl_keras.report import SparsityReport
+from rigl_keras.report import sparsity_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradualPruningCallback",
     "MaskedConv2D",
     "MaskedDense",
     "RigLCallback",
+    "SparsityReport",
     "distributions",
+    "export_saved_model",
+    "export_tflite",
+    "flops",
     "masked_layers",
     "optimizer_state",
     "schedules",
     "sparsity_distribution",
+    "sparsity_report",
+    "strip_masks",
     "updaters",
 ]

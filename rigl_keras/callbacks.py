@@ -32,7 +32,7 @@ from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
 
-__all__ = ["RigLCallback"]
+__all__ = ["MaskCallback", "RigLCallback", "random_mask"]
 
 _DISTRIBUTIONS = ("uniform", "er", "erk")
 _SCHEDULES = ("cosine", "constant")
@@ -57,6 +57,16 @@ def _layer_seed(seed, layer_name):
     return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode("utf-8"))) % (
         2**31 - 1
     )
+
+
+def _read_step(iterations):
+    """The optimizer's step counter as a Python int.
+
+    `int(optimizer.iterations)` fails under a `tf.distribute` strategy,
+    where the counter is a `MirroredVariable`; converting to NumPy works
+    everywhere.
+    """
+    return int(tf.convert_to_tensor(layers_lib._value(iterations)).numpy())  # pylint: disable=protected-access
 
 
 def random_mask(shape, num_zeros, seed):
@@ -91,8 +101,304 @@ def _next_update_step(step, begin_step, end_step, update_freq):
     return candidate if candidate <= end_step else None
 
 
+class MaskCallback(keras.callbacks.Callback):
+    """Base of the callbacks that change masks at scheduled optimizer steps.
+
+    It owns what `RigLCallback` and `GradualPruningCallback` share: argument
+    checks, finding the masked layers, per-layer sparsity targets, counting
+    steps with `optimizer.iterations`, the `steps_per_execution` rule, the
+    default `end_step`, and the logs. Subclasses implement the hooks
+    `_prepare_masks()`, `_start_window(epoch)`, `_next_step_after(step)`,
+    `_on_update_step(step)` and `_extra_logs()`.
+
+    Args:
+        sparsity: Overall fraction of zeros over all masked kernels, in
+            `[0, 1)`.
+        distribution: `"uniform"`, `"er"`, `"erk"`, or a dict
+            `{layer_name: sparsity}` (layers not named stay dense).
+        update_freq: Optimizer steps between updates (>= 1), or `None` when
+            `allow_static` (no updates).
+        begin_step: First optimizer step of the update window (>= 0).
+        end_step: Last optimizer step of the window (> `begin_step`), or
+            `None` for 75% of the optimizer steps of this `fit()` call.
+        dense_layers: Names of masked layers kept dense.
+        erk_power_scale: Exponent of the ERK raw scores.
+        verbose: 0 or 1.
+        allow_static: Whether `update_freq=None` is allowed.
+
+    Raises:
+        ValueError: For any argument outside its allowed range.
+    """
+
+    def __init__(
+        self,
+        sparsity,
+        distribution,
+        update_freq,
+        begin_step,
+        end_step,
+        dense_layers,
+        erk_power_scale,
+        verbose,
+        allow_static=False,
+    ):
+        super().__init__()
+        if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(
+                "`sparsity` must be a number in [0, 1). "
+                f"Received: sparsity={sparsity!r}"
+            )
+        if isinstance(distribution, dict):
+            for name, value in distribution.items():
+                if not _is_real(value) or not 0.0 <= value < 1.0:
+                    raise ValueError(
+                        "Every sparsity in `distribution` must be a number in "
+                        f"[0, 1). Received: distribution[{name!r}]={value!r}"
+                    )
+        elif distribution not in _DISTRIBUTIONS:
+            raise ValueError(
+                f"`distribution` must be one of {_DISTRIBUTIONS} or a dict "
+                f"{{layer_name: sparsity}}. Received: distribution={distribution!r}"
+            )
+        if not (update_freq is None and allow_static) and (
+            not _is_int(update_freq) or update_freq < 1
+        ):
+            static = ", or None for static sparse training" if allow_static else ""
+            raise ValueError(
+                f"`update_freq` must be an integer >= 1{static}. "
+                f"Received: update_freq={update_freq!r}"
+            )
+        if not _is_int(begin_step) or begin_step < 0:
+            raise ValueError(
+                "`begin_step` must be an integer >= 0. "
+                f"Received: begin_step={begin_step!r}"
+            )
+        if end_step is not None and (not _is_int(end_step) or end_step <= begin_step):
+            raise ValueError(
+                "`end_step` must be an integer greater than `begin_step` "
+                f"({begin_step}), or None. Received: end_step={end_step!r}"
+            )
+        if not _is_real(erk_power_scale) or erk_power_scale < 0:
+            raise ValueError(
+                "`erk_power_scale` must be a number >= 0. "
+                f"Received: erk_power_scale={erk_power_scale!r}"
+            )
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.update_freq = None if update_freq is None else int(update_freq)
+        self.begin_step = int(begin_step)
+        self.end_step = None if end_step is None else int(end_step)
+        self.dense_layers = tuple(dense_layers)
+        self.erk_power_scale = float(erk_power_scale)
+        self.verbose = int(verbose)
+        self._bound_model = None
+        self._warned_non_finite = set()
+        self._layers = []
+        self._targets = {}
+
+    # ------------------------------------------------------------------
+    # Public state.
+
+    @property
+    def layers(self):
+        """The masked layers of the model being trained."""
+        return list(self._layers)
+
+    @property
+    def target_sparsities(self):
+        """`{layer_name: sparsity}` resolved at the start of training."""
+        return dict(self._targets)
+
+    def layer_sparsities(self):
+        """`{layer_name: fraction of zeros in its mask}` now."""
+        return {
+            layer.name: float(np.mean(np.asarray(layer.mask) == 0))
+            for layer in self._layers
+        }
+
+    def current_sparsity(self):
+        """Overall fraction of zeros across all masked kernels (a float)."""
+        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
+        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
+        return zeros / total if total else 0.0
+
+    # ------------------------------------------------------------------
+    # Callback hooks.
+
+    def set_model(self, model):
+        if self._bound_model is not None and self._bound_model is not model:
+            name = type(self).__name__
+            raise ValueError(
+                f"This {name} is already bound to model "
+                f"'{self._bound_model.name}'; create a new {name} for "
+                f"model '{model.name}'."
+            )
+        self._bound_model = model
+        super().set_model(model)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._layers = layers_lib.masked_layers(model)
+        if not self._layers:
+            raise ValueError(
+                f"Model '{model.name}' has no masked layer: use "
+                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
+                "Dense / Conv2D to train it sparse."
+            )
+        self._strategy = model.distribute_strategy
+        self._optimizer = model.optimizer
+        if not self._optimizer.built:
+            self._optimizer.build(model.trainable_variables)
+        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        if self.update_freq is not None:
+            optimizer_state.check_optimizer_supported(self._optimizer)
+            self._check_steps_per_execution()
+        self._targets = self._resolve_targets()
+        self._window_started = False
+        self._updates_left = self.update_freq is not None
+        self._next_update = None
+        self._prepare_masks()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start_step = _read_step(self._optimizer.iterations)
+        if not self._window_started:
+            self._window_started = True
+            self._start_window(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._updates_left:
+            return
+        step = self._epoch_start_step + batch + 1
+        if step < self._next_update:
+            return
+        step = _read_step(self._optimizer.iterations)
+        if step < self._next_update:
+            # The optimizer skipped steps (a LossScaleOptimizer does when the
+            # gradients overflow): the batch count ran ahead of the optimizer
+            # step, and the update step is still to come.
+            return
+        if step != self._next_update:
+            raise ValueError(
+                f"Mask update step {self._next_update} fell inside one "
+                f"execution of {self._steps_per_execution} steps (now at "
+                f"step {step}). Use `update_freq`, `begin_step` and "
+                "`end_step` that are multiples of the model's "
+                "`steps_per_execution`, and epochs whose length is too."
+            )
+        self._on_update_step(step)
+        self._schedule_next_update(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["sparsity"] = self.current_sparsity()
+        for name, value in self.layer_sparsities().items():
+            logs[f"sparsity/{name}"] = value
+        logs.update(self._extra_logs())
+
+    # ------------------------------------------------------------------
+    # Shared machinery.
+
+    def _aligned_arguments(self):
+        """`(name, value)` pairs that must be multiples of steps_per_execution."""
+        return (("update_freq", self.update_freq), ("begin_step", self.begin_step))
+
+    def _check_steps_per_execution(self):
+        spe = self._steps_per_execution
+        for name, value in self._aligned_arguments():
+            if value % spe:
+                raise ValueError(
+                    f"`{name}` must be a multiple of the model's "
+                    f"steps_per_execution ({spe}), because Keras runs "
+                    "callbacks only between executions. "
+                    f"Received: {name}={value}"
+                )
+
+    def _resolve_targets(self):
+        names = [layer.name for layer in self._layers]
+        if isinstance(self.distribution, dict):
+            unknown = sorted(set(self.distribution) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"`distribution` names layers that are not masked layers "
+                    f"of the model: {unknown}. Masked layers: {names}"
+                )
+            return {name: float(self.distribution.get(name, 0.0)) for name in names}
+        return distributions.sparsity_distribution(
+            self.model,
+            self.sparsity,
+            method=self.distribution,
+            dense_layers=self.dense_layers,
+            erk_power_scale=self.erk_power_scale,
+        )
+
+    def _resolve_end_step(self, epoch):
+        """`end_step`, or 75% of this fit()'s steps counted from epoch 0.
+
+        Counting from epoch 0 (not from `initial_epoch`) makes a run resumed
+        with `initial_epoch` keep the end_step of the uninterrupted run.
+        Returns `None` if that lands at or before `begin_step`.
+        """
+        if self.end_step is not None:
+            return self.end_step
+        steps = self.params.get("steps")
+        epochs = self.params.get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                f"{type(self).__name__}(end_step=None) needs the number of "
+                "steps of this fit() call, but Keras does not know it (a "
+                "dataset of unknown length?). Pass `end_step`, or "
+                "`steps_per_epoch` to fit()."
+            )
+        fit_start = self._epoch_start_step - epoch * steps
+        end_step = fit_start + int(_DEFAULT_END_FRACTION * steps * epochs)
+        end_step -= end_step % self._steps_per_execution
+        return end_step if end_step > self.begin_step else None
+
+    def _schedule_next_update(self, step):
+        self._next_update = self._next_step_after(step)
+        if self._next_update is None:
+            self._updates_left = False
+
+    def _warn_non_finite(self, layer, step, what):
+        """Warns once per layer that its update was skipped."""
+        if layer.name in self._warned_non_finite:
+            return
+        self._warned_non_finite.add(layer.name)
+        warnings.warn(
+            f"Skipped the {what} of layer '{layer.name}' at step {step}: its "
+            "dense gradient or kernel is not finite. Its mask and weights "
+            "are unchanged.",
+            stacklevel=3,
+        )
+
+    # ------------------------------------------------------------------
+    # Hooks.
+
+    def _prepare_masks(self):
+        """Called at the start of training, once the targets are known."""
+
+    def _start_window(self, epoch):
+        """Called at the first epoch of fit(): resolve end_step, schedules."""
+        raise NotImplementedError
+
+    def _next_step_after(self, step):
+        """The next update step after `step`, or `None`."""
+        raise NotImplementedError
+
+    def _on_update_step(self, step):
+        """Changes the masks after optimizer step `step`."""
+        raise NotImplementedError
+
+    def _extra_logs(self):
+        """Further `{key: float}` entries of the epoch logs."""
+        return {}
+
+
 @keras.saving.register_keras_serializable(package="rigl_keras")
-class RigLCallback(keras.callbacks.Callback):
+class RigLCallback(MaskCallback):
     """Trains a model with masked layers sparse, rewiring it as RigL does.
 
     Every `update_freq` optimizer steps `t` with `begin_step < t <= end_step`
@@ -164,29 +470,17 @@ class RigLCallback(keras.callbacks.Callback):
         erk_power_scale=1.0,
         verbose=0,
     ):
-        super().__init__()
-        if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(
-                "`sparsity` must be a number in [0, 1). "
-                f"Received: sparsity={sparsity!r}"
-            )
-        if isinstance(distribution, dict):
-            for name, value in distribution.items():
-                if not _is_real(value) or not 0.0 <= value < 1.0:
-                    raise ValueError(
-                        "Every sparsity in `distribution` must be a number in "
-                        f"[0, 1). Received: distribution[{name!r}]={value!r}"
-                    )
-        elif distribution not in _DISTRIBUTIONS:
-            raise ValueError(
-                f"`distribution` must be one of {_DISTRIBUTIONS} or a dict "
-                f"{{layer_name: sparsity}}. Received: distribution={distribution!r}"
-            )
-        if update_freq is not None and (not _is_int(update_freq) or update_freq < 1):
-            raise ValueError(
-                "`update_freq` must be an integer >= 1, or None for static "
-                f"sparse training. Received: update_freq={update_freq!r}"
-            )
+        super().__init__(
+            sparsity,
+            distribution,
+            update_freq,
+            begin_step,
+            end_step,
+            dense_layers,
+            erk_power_scale,
+            verbose,
+            allow_static=True,
+        )
         if not _is_real(drop_fraction) or not 0.0 < drop_fraction <= 1.0:
             raise ValueError(
                 "`drop_fraction` must be a number in (0, 1]. "
@@ -201,36 +495,15 @@ class RigLCallback(keras.callbacks.Callback):
                 "rigl_keras.schedules.DropFractionSchedule. "
                 f"Received: drop_fraction_schedule={drop_fraction_schedule!r}"
             )
-        if not _is_int(begin_step) or begin_step < 0:
-            raise ValueError(
-                "`begin_step` must be an integer >= 0. "
-                f"Received: begin_step={begin_step!r}"
-            )
-        if end_step is not None and (not _is_int(end_step) or end_step <= begin_step):
-            raise ValueError(
-                "`end_step` must be an integer greater than `begin_step` "
-                f"({begin_step}), or None. Received: end_step={end_step!r}"
-            )
         if seed is not None and not _is_int(seed):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        if verbose not in (0, 1, False, True):
-            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
         self.updater = updaters.get(grow, grow_init)  # validates both
-        self.sparsity = float(sparsity)
-        self.distribution = distribution
-        self.update_freq = update_freq
         self.drop_fraction = float(drop_fraction)
         self.drop_fraction_schedule = drop_fraction_schedule
-        self.begin_step = int(begin_step)
-        self.end_step = None if end_step is None else int(end_step)
         self.grow = grow
         self.grow_init = grow_init
         self.seed = seed
-        self.dense_layers = tuple(dense_layers)
-        self.erk_power_scale = erk_power_scale
-        self.verbose = int(verbose)
-        self._bound_model = None
-        self._warned_non_finite = set()
+        self._record_step = None
 
     # ------------------------------------------------------------------
     # Serialization.
@@ -269,91 +542,11 @@ class RigLCallback(keras.callbacks.Callback):
         return cls(**config)
 
     # ------------------------------------------------------------------
-    # Public state.
-
-    @property
-    def layers(self):
-        """The masked layers of the model being trained."""
-        return list(self._layers)
-
-    @property
-    def target_sparsities(self):
-        """`{layer_name: sparsity}` resolved at the start of training."""
-        return dict(self._targets)
-
-    def current_sparsity(self):
-        """Overall fraction of zeros across all masked kernels (a float)."""
-        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
-        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
-        return zeros / total if total else 0.0
-
-    # ------------------------------------------------------------------
-    # Callback hooks.
-
-    def set_model(self, model):
-        if self._bound_model is not None and self._bound_model is not model:
-            raise ValueError(
-                "This RigLCallback is already bound to model "
-                f"'{self._bound_model.name}'; create a new RigLCallback for "
-                f"model '{model.name}'."
-            )
-        self._bound_model = model
-        super().set_model(model)
-
-    def on_train_begin(self, logs=None):
-        model = self.model
-        self._layers = layers_lib.masked_layers(model)
-        if not self._layers:
-            raise ValueError(
-                f"Model '{model.name}' has no masked layer: use "
-                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
-                "Dense / Conv2D to train it sparse."
-            )
-        self._strategy = model.distribute_strategy
-        self._optimizer = model.optimizer
-        if not self._optimizer.built:
-            self._optimizer.build(model.trainable_variables)
-        if self.update_freq is not None:
-            optimizer_state.check_optimizer_supported(self._optimizer)
-            self._check_steps_per_execution(model)
-        if self.seed is None:
-            self.seed = random.randint(0, 2**31 - 2)
-        self._targets = self._resolve_targets()
-        self._initialize_masks()
-        self._resolved_schedule = None
-        self._drop_fraction_now = 0.0
-        self._updates_left = self.update_freq is not None
-        self._last_stats = {}
+    # Callback hooks (the rest is in MaskCallback).
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start_step = int(self._optimizer.iterations)
-        if self._resolved_schedule is None:
-            self._start_update_window(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self._updates_left:
-            return
-        step = self._epoch_start_step + batch + 1
-        if step < self._next_update:
-            return
-        step = int(self._optimizer.iterations)
-        if step != self._next_update:
-            raise ValueError(
-                f"Mask update step {self._next_update} fell inside one "
-                f"execution of {self._steps_per_execution} steps (now at "
-                f"step {step}). Use `update_freq` and `begin_step` that are "
-                "multiples of the model's `steps_per_execution`."
-            )
-        self._update_masks(step)
-        self._schedule_next_update(step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["sparsity"] = self.current_sparsity()
-        logs["drop_fraction"] = self._drop_fraction_now
-        for key, value in self._last_stats.items():
-            logs[key] = value
+        self._drop_fraction_now = 0.0
+        super().on_epoch_begin(epoch, logs)
 
     def on_train_end(self, logs=None):
         self._detach_recorders()
@@ -361,35 +554,16 @@ class RigLCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------------
     # Start of training.
 
-    def _check_steps_per_execution(self, model):
-        spe = int(getattr(model, "steps_per_execution", 1) or 1)
-        self._steps_per_execution = spe
-        for name, value in (("update_freq", self.update_freq), ("begin_step", self.begin_step)):
-            if value % spe:
-                raise ValueError(
-                    f"`{name}` must be a multiple of the model's "
-                    f"steps_per_execution ({spe}), because Keras runs "
-                    "callbacks only between executions. "
-                    f"Received: {name}={value}"
-                )
-
-    def _resolve_targets(self):
-        names = [layer.name for layer in self._layers]
-        if isinstance(self.distribution, dict):
-            unknown = sorted(set(self.distribution) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"`distribution` names layers that are not masked layers "
-                    f"of the model: {unknown}. Masked layers: {names}"
-                )
-            return {name: float(self.distribution.get(name, 0.0)) for name in names}
-        return distributions.sparsity_distribution(
-            self.model,
-            self.sparsity,
-            method=self.distribution,
-            dense_layers=self.dense_layers,
-            erk_power_scale=self.erk_power_scale,
-        )
+    def _prepare_masks(self):
+        if self.seed is None:
+            self.seed = random.randint(0, 2**31 - 2)
+        self._resolved_schedule = None
+        self._drop_fraction_now = 0.0
+        self._churn = {}
+        self._initialize_masks()
+        self._ever_active = {
+            layer.name: np.asarray(layer.mask) > 0 for layer in self._layers
+        }
 
     def _initialize_masks(self):
         shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
@@ -414,43 +588,52 @@ class RigLCallback(keras.callbacks.Callback):
                     )
                 layer.apply_mask()
 
-    def _start_update_window(self, epoch):
+    def _start_window(self, epoch):
         """Resolves end_step and the schedule at the first epoch of `fit`."""
         if self.update_freq is None:
-            self._resolved_schedule = schedules.ConstantDropFraction(1.0)
+            self._end_step = None
             return
-        end_step = self.end_step
-        if end_step is None:
-            steps = self.params.get("steps")
-            epochs = self.params.get("epochs")
-            if not steps or not epochs:
-                raise ValueError(
-                    "RigLCallback(end_step=None) needs the number of steps "
-                    "of this fit() call, but Keras does not know it (a "
-                    "dataset of unknown length?). Pass `end_step`, or "
-                    "`steps_per_epoch` to fit()."
-                )
-            # Steps of this fit() call, counted from epoch 0 so that a run
-            # resumed with `initial_epoch` keeps the uninterrupted end_step.
-            fit_start = self._epoch_start_step - epoch * steps
-            end_step = fit_start + int(_DEFAULT_END_FRACTION * steps * epochs)
-            if end_step <= self.begin_step:
-                end_step = None
-        self._end_step = end_step
+        self._end_step = self._resolve_end_step(epoch)
         schedule = self.drop_fraction_schedule
         if schedule == "cosine":
             schedule = schedules.CosineDropFraction(
-                self.drop_fraction, self.begin_step, end_step or self.begin_step + 1
+                self.drop_fraction,
+                self.begin_step,
+                self._end_step or self.begin_step + 1,
             )
         elif schedule == "constant":
             schedule = schedules.ConstantDropFraction(self.drop_fraction)
         self._resolved_schedule = schedule
-        if end_step is None:
+        if self._end_step is None:
             self._updates_left = False
             return
         self._attach_recorders()
         self._schedule_next_update(self._epoch_start_step)
         self._build_update_function()
+
+    def _next_step_after(self, step):
+        return _next_update_step(step, self.begin_step, self._end_step, self.update_freq)
+
+    def _schedule_next_update(self, step):
+        super()._schedule_next_update(step)
+        if self._record_step is not None:
+            # Past end_step the recorders stay attached until the end of
+            # fit() (the running train function holds them) but record nothing.
+            self._record_step.assign(self._next_update or -1)
+
+    def _extra_logs(self):
+        """`drop_fraction` (of the epoch's last update; 0 if it had none),
+        per-layer `churn/<layer>` (fraction of active connections replaced at
+        the last update) and `itop_rate` (fraction of all masked kernel
+        positions that have ever been active: in-time over-parameterization).
+        """
+        logs = {"drop_fraction": self._drop_fraction_now}
+        for name, value in self._churn.items():
+            logs[f"churn/{name}"] = value
+        ever = sum(int(v.sum()) for v in self._ever_active.values())
+        total = sum(v.size for v in self._ever_active.values())
+        logs["itop_rate"] = ever / total if total else 0.0
+        return logs
 
     # ------------------------------------------------------------------
     # Dense-gradient recording.
@@ -475,40 +658,28 @@ class RigLCallback(keras.callbacks.Callback):
 
     def _detach_recorders(self):
         attached = False
-        for layer in getattr(self, "_layers", []):
+        for layer in self._layers:
             attached = attached or layer.recorder is not None
             layer.recorder = None
         if attached:
             self.model.train_function = None
 
-    def _schedule_next_update(self, step):
-        self._next_update = _next_update_step(
-            step, self.begin_step, self._end_step, self.update_freq
-        )
-        if self._next_update is None:
-            self._updates_left = False
-        if self._record_step is not None:
-            # Past end_step the recorders stay attached until the end of
-            # fit() (the running train function holds them) but record nothing.
-            self._record_step.assign(self._next_update or -1)
-
     # ------------------------------------------------------------------
     # The update.
 
+    def _sparse_layers(self):
+        return [l for l in self._layers if 0 < self._targets[l.name] < 1]
+
     def _build_update_function(self):
-        layer_seeds = [_layer_seed(self.seed, l.name) for l in self._layers]
-        sparse = [0 < self._targets[l.name] < 1 for l in self._layers]
+        sparse_layers = self._sparse_layers()
+        layer_seeds = [_layer_seed(self.seed, l.name) for l in sparse_layers]
 
         @tf.function
         def update(drop_fraction, step):
-            results = []
-            for layer, layer_seed, is_sparse in zip(self._layers, layer_seeds, sparse):
-                if not is_sparse:
-                    continue
-                results.append(
-                    self._update_layer(layer, drop_fraction, step, layer_seed)
-                )
-            return results
+            return [
+                self._update_layer(layer, drop_fraction, step, layer_seed)
+                for layer, layer_seed in zip(sparse_layers, layer_seeds)
+            ]
 
         self._update_function = update
 
@@ -536,8 +707,12 @@ class RigLCallback(keras.callbacks.Callback):
         return {
             "finite": finite,
             "grown": tf.reduce_sum(tf.cast(grown, tf.int64)),
+            "nnz": tf.reduce_sum(tf.cast(mask > 0, tf.int64)),
             "gradient_is_zero": tf.reduce_all(tf.equal(gradient, 0.0)),
         }
+
+    def _on_update_step(self, step):
+        self._update_masks(step)
 
     def _update_masks(self, step):
         fraction = float(self._resolved_schedule(step))
@@ -546,18 +721,11 @@ class RigLCallback(keras.callbacks.Callback):
             results = self._update_function(
                 tf.constant(fraction, tf.float64), tf.constant(step, tf.int64)
             )
-        sparse_layers = [l for l in self._layers if 0 < self._targets[l.name] < 1]
         total_grown = 0
-        for layer, result in zip(sparse_layers, results):
+        for layer, result in zip(self._sparse_layers(), results):
             if not bool(result["finite"]):
-                if layer.name not in self._warned_non_finite:
-                    self._warned_non_finite.add(layer.name)
-                    warnings.warn(
-                        f"Skipped the mask update of layer '{layer.name}' at "
-                        f"step {step}: its dense gradient or kernel is not "
-                        "finite. Its mask and weights are unchanged.",
-                        stacklevel=2,
-                    )
+                self._warn_non_finite(layer, step, "mask update")
+                self._churn[layer.name] = 0.0
                 continue
             if self.updater.uses_gradient and bool(result["gradient_is_zero"]):
                 warnings.warn(
@@ -567,7 +735,10 @@ class RigLCallback(keras.callbacks.Callback):
                     "training=True in the train step?",
                     stacklevel=2,
                 )
-            total_grown += int(result["grown"])
+            grown = int(result["grown"])
+            total_grown += grown
+            self._churn[layer.name] = grown / max(1, int(result["nnz"]))
+            self._ever_active[layer.name] |= np.asarray(layer.mask) > 0
         if self.verbose:
             print(
                 f"RigLCallback: step {step}: drop fraction {fraction:.4f}, "

@@ -106,7 +106,16 @@ class DenseGradientRecorder:
             return tf.constant(True)
 
         def record():
-            self.gradient.assign_add(tf.cast(grad, tf.float32))
+            # A non-finite stored value is what a step skipped by a
+            # LossScaleOptimizer (overflow) leaves behind: the optimizer
+            # retries the step, and the retry overwrites it.
+            stored = self.gradient.read_value()
+            fresh = tf.cast(grad, tf.float32)
+            self.gradient.assign(
+                tf.where(
+                    tf.reduce_all(tf.math.is_finite(stored)), stored + fresh, fresh
+                )
+            )
             return tf.constant(True)
 
         return tf.cond(

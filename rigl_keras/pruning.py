@@ -24,7 +24,6 @@ Steps are counted with `model.optimizer.iterations`, as in
 `rigl_keras.RigLCallback`.
 """
 
-import warnings
 
 import keras
 import numpy as np
@@ -47,20 +46,6 @@ _POWER = 3
 _TIE_BREAK_SEED = 0
 
 
-def _sparsity_at(schedule, step):
-    """Evaluates a `PolynomialSparsity` at `step` as a float64 Python float.
-
-    `PolynomialSparsity.__call__` returns float32, and `float32(0.9) * 1000`
-    floors to 899 zeros; the same formula in float64 gives exactly
-    `final_sparsity` at `end_step` and `initial_sparsity` at `begin_step`.
-    """
-    duration = schedule.end_step - schedule.begin_step
-    progress = min(max((step - schedule.begin_step) / duration, 0.0), 1.0)
-    return schedule.final_sparsity + (
-        schedule.initial_sparsity - schedule.final_sparsity
-    ) * (1.0 - progress) ** schedule.power
-
-
 def _next_pruning_step(step, begin_step, end_step, update_freq):
     """The first pruning step strictly after `step`, or None past `end_step`.
 
@@ -78,7 +63,7 @@ def _next_pruning_step(step, begin_step, end_step, update_freq):
 
 
 @keras.saving.register_keras_serializable(package="rigl_keras")
-class GradualPruningCallback(keras.callbacks.Callback):
+class GradualPruningCallback(callbacks_lib.MaskCallback):
     """Prunes a model with masked layers gradually, by weight magnitude.
 
     See the module docstring for the schedule. The number of zeros of layer
@@ -137,61 +122,25 @@ class GradualPruningCallback(keras.callbacks.Callback):
         erk_power_scale=1.0,
         verbose=0,
     ):
-        super().__init__()
-        is_int, is_real = callbacks_lib._is_int, callbacks_lib._is_real  # pylint: disable=protected-access
-        if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(
-                "`sparsity` must be a number in [0, 1). "
-                f"Received: sparsity={sparsity!r}"
-            )
-        if isinstance(distribution, dict):
-            for name, value in distribution.items():
-                if not is_real(value) or not 0.0 <= value < 1.0:
-                    raise ValueError(
-                        "Every sparsity in `distribution` must be a number in "
-                        f"[0, 1). Received: distribution[{name!r}]={value!r}"
-                    )
-        elif distribution not in callbacks_lib._DISTRIBUTIONS:  # pylint: disable=protected-access
-            raise ValueError(
-                f"`distribution` must be one of "
-                f"{callbacks_lib._DISTRIBUTIONS} or a dict "  # pylint: disable=protected-access
-                f"{{layer_name: sparsity}}. Received: distribution={distribution!r}"
-            )
-        if not is_int(begin_step) or begin_step < 0:
-            raise ValueError(
-                "`begin_step` must be an integer >= 0. "
-                f"Received: begin_step={begin_step!r}"
-            )
-        if end_step is not None and (not is_int(end_step) or end_step <= begin_step):
-            raise ValueError(
-                "`end_step` must be an integer greater than `begin_step` "
-                f"({begin_step}), or None. Received: end_step={end_step!r}"
-            )
-        if not is_int(update_freq) or update_freq < 1:
-            raise ValueError(
-                "`update_freq` must be an integer >= 1. "
-                f"Received: update_freq={update_freq!r}"
-            )
-        if not is_real(initial_sparsity) or not 0.0 <= initial_sparsity <= sparsity:
+        super().__init__(
+            sparsity,
+            distribution,
+            update_freq,
+            begin_step,
+            end_step,
+            dense_layers,
+            erk_power_scale,
+            verbose,
+        )
+        if (
+            not callbacks_lib._is_real(initial_sparsity)  # pylint: disable=protected-access
+            or not 0.0 <= initial_sparsity <= sparsity
+        ):
             raise ValueError(
                 f"`initial_sparsity` must be a number in [0, sparsity] = "
                 f"[0, {sparsity}]. Received: initial_sparsity={initial_sparsity!r}"
             )
-        if verbose not in (0, 1, False, True):
-            raise ValueError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
-        self.sparsity = float(sparsity)
-        self.distribution = distribution
-        self.begin_step = int(begin_step)
-        self.end_step = None if end_step is None else int(end_step)
-        self.update_freq = int(update_freq)
         self.initial_sparsity = float(initial_sparsity)
-        self.dense_layers = tuple(dense_layers)
-        self.erk_power_scale = erk_power_scale
-        self.verbose = int(verbose)
-        self._bound_model = None
-        self._warned_non_finite = set()
-        self._layers = []
-        self._targets = {}
         self._schedules = None
 
     # ------------------------------------------------------------------
@@ -218,28 +167,12 @@ class GradualPruningCallback(keras.callbacks.Callback):
     # Public state.
 
     @property
-    def layers(self):
-        """The masked layers of the model being trained."""
-        return list(self._layers)
-
-    @property
-    def target_sparsities(self):
-        """Final `{layer_name: sparsity}` resolved at the start of training."""
-        return dict(self._targets)
-
-    @property
     def sparsity_schedules(self):
         """`{layer_name: PolynomialSparsity}` of the pruned layers.
 
         Resolved at the first epoch of `fit()` (`None` before).
         """
         return None if self._schedules is None else dict(self._schedules)
-
-    def current_sparsity(self):
-        """Overall fraction of zeros across all masked kernels (a float)."""
-        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
-        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
-        return zeros / total if total else 0.0
 
     def target_sparsities_at(self, step):
         """`{layer_name: s_t,l}` the schedule prescribes at optimizer `step`.
@@ -253,41 +186,19 @@ class GradualPruningCallback(keras.callbacks.Callback):
                 "call target_sparsities_at() after training has started."
             )
         return {
-            name: _sparsity_at(self._schedules[name], step)
+            name: float(self._schedules[name](step))
             if name in self._schedules
             else 0.0
             for name in self._targets
         }
 
     # ------------------------------------------------------------------
-    # Callback hooks.
+    # Hooks of MaskCallback.
 
-    def set_model(self, model):
-        if self._bound_model is not None and self._bound_model is not model:
-            raise ValueError(
-                "This GradualPruningCallback is already bound to model "
-                f"'{self._bound_model.name}'; create a new "
-                f"GradualPruningCallback for model '{model.name}'."
-            )
-        self._bound_model = model
-        super().set_model(model)
+    def _aligned_arguments(self):
+        return super()._aligned_arguments() + (("end_step", self.end_step or 0),)
 
-    def on_train_begin(self, logs=None):
-        model = self.model
-        self._layers = layers_lib.masked_layers(model)
-        if not self._layers:
-            raise ValueError(
-                f"Model '{model.name}' has no masked layer: use "
-                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
-                "Dense / Conv2D to prune it."
-            )
-        self._strategy = model.distribute_strategy
-        self._optimizer = model.optimizer
-        if not self._optimizer.built:
-            self._optimizer.build(model.trainable_variables)
-        optimizer_state.check_optimizer_supported(self._optimizer)
-        self._check_steps_per_execution(model)
-        self._targets = self._resolve_targets()
+    def _prepare_masks(self):
         self._pruned = [l for l in self._layers if self._targets[l.name] > 0.0]
         self._shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
         with self._strategy.scope():
@@ -297,99 +208,16 @@ class GradualPruningCallback(keras.callbacks.Callback):
         self._updates_left = bool(self._pruned)
         self._build_update_function()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start_step = int(self._optimizer.iterations)
-        if self._schedules is None:
-            self._start_pruning_window(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self._updates_left:
-            return
-        step = self._epoch_start_step + batch + 1
-        if step < self._next_update:
-            return
-        step = int(self._optimizer.iterations)
-        if step != self._next_update:
-            raise ValueError(
-                f"Pruning step {self._next_update} fell inside one execution "
-                f"of {self._steps_per_execution} steps (now at step {step}). "
-                "Use `update_freq`, `begin_step` and `end_step` that are "
-                "multiples of the model's `steps_per_execution`."
-            )
-        self._prune(step)
-        self._schedule_next_update(step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["sparsity"] = self.current_sparsity()
-
-    # ------------------------------------------------------------------
-    # Start of training.
-
-    def _check_steps_per_execution(self, model):
-        spe = int(getattr(model, "steps_per_execution", 1) or 1)
-        self._steps_per_execution = spe
-        for name, value in (
-            ("update_freq", self.update_freq),
-            ("begin_step", self.begin_step),
-            ("end_step", self.end_step or 0),
-        ):
-            if value % spe:
-                raise ValueError(
-                    f"`{name}` must be a multiple of the model's "
-                    f"steps_per_execution ({spe}), because Keras runs "
-                    "callbacks only between executions. "
-                    f"Received: {name}={value}"
-                )
-
-    def _resolve_targets(self):
-        names = [layer.name for layer in self._layers]
-        if isinstance(self.distribution, dict):
-            unknown = sorted(set(self.distribution) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"`distribution` names layers that are not masked layers "
-                    f"of the model: {unknown}. Masked layers: {names}"
-                )
-            return {name: float(self.distribution.get(name, 0.0)) for name in names}
-        return distributions.sparsity_distribution(
-            self.model,
-            self.sparsity,
-            method=self.distribution,
-            dense_layers=self.dense_layers,
-            erk_power_scale=self.erk_power_scale,
-        )
-
-    def _resolve_end_step(self, epoch):
-        if self.end_step is not None:
-            return self.end_step
-        steps = self.params.get("steps")
-        epochs = self.params.get("epochs")
-        if not steps or not epochs:
-            raise ValueError(
-                "GradualPruningCallback(end_step=None) needs the number of "
-                "steps of this fit() call, but Keras does not know it (a "
-                "dataset of unknown length?). Pass `end_step`, or "
-                "`steps_per_epoch` to fit()."
-            )
-        # Counted from epoch 0 of this fit() call, as RigLCallback does.
-        fit_start = self._epoch_start_step - epoch * steps
-        length = int(callbacks_lib._DEFAULT_END_FRACTION * steps * epochs)  # pylint: disable=protected-access
-        end_step = fit_start + length
-        end_step -= end_step % self._steps_per_execution
-        if end_step <= self.begin_step:
-            raise ValueError(
-                "GradualPruningCallback(end_step=None) resolved end_step to "
-                f"{end_step} (75% of the {steps * epochs} steps of this fit() "
-                f"call), which is not after begin_step={self.begin_step}. "
-                "Pass an explicit `end_step` or train longer."
-            )
-        return end_step
-
-    def _start_pruning_window(self, epoch):
+    def _start_window(self, epoch):
         """Resolves end_step and the schedules, then prunes to s_t0."""
         self._end_step = self._resolve_end_step(epoch)
+        if self._end_step is None:
+            raise ValueError(
+                "GradualPruningCallback(end_step=None) resolved end_step to a "
+                "step not after begin_step (75% of the steps of this fit() "
+                f"call, begin_step={self.begin_step}). Pass an explicit "
+                "`end_step` or train longer."
+            )
         self._schedules = {
             layer.name: schedules.PolynomialSparsity(
                 self._targets[layer.name],
@@ -407,12 +235,11 @@ class GradualPruningCallback(keras.callbacks.Callback):
         self._prune(self._epoch_start_step)
         self._schedule_next_update(self._epoch_start_step)
 
-    def _schedule_next_update(self, step):
-        self._next_update = _next_pruning_step(
-            step, self.begin_step, self._end_step, self.update_freq
-        )
-        if self._next_update is None:
-            self._updates_left = False
+    def _next_step_after(self, step):
+        return _next_pruning_step(step, self.begin_step, self._end_step, self.update_freq)
+
+    def _on_update_step(self, step):
+        self._prune(step)
 
     # ------------------------------------------------------------------
     # The pruning step.
@@ -456,7 +283,7 @@ class GradualPruningCallback(keras.callbacks.Callback):
 
     def _prune(self, step):
         targets = {
-            l.name: _sparsity_at(self._schedules[l.name], step) for l in self._pruned
+            l.name: float(self._schedules[l.name](step)) for l in self._pruned
         }
         zeros = distributions.layer_zero_counts(self._shapes, targets)
         keep = [int(np.prod(self._shapes[l.name])) - zeros[l.name] for l in self._pruned]
@@ -467,13 +294,7 @@ class GradualPruningCallback(keras.callbacks.Callback):
         total_pruned = 0
         for layer, result in zip(self._pruned, results):
             if not bool(result["finite"]):
-                if layer.name not in self._warned_non_finite:
-                    self._warned_non_finite.add(layer.name)
-                    warnings.warn(
-                        f"Skipped pruning layer '{layer.name}' at step {step}: "
-                        "its kernel is not finite. Its mask is unchanged.",
-                        stacklevel=2,
-                    )
+                self._warn_non_finite(layer, step, "pruning step")
                 continue
             total_pruned += int(result["pruned"])
         if self.verbose:

@@ -697,3 +697,18 @@ def test_docstring_examples():
     )
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_recording_overwrites_a_non_finite_leftover():
+    """A step skipped by a LossScaleOptimizer leaves inf; the retry replaces it."""
+    layer = MaskedDense(2)
+    x = np.ones((1, 3), "float32")
+    layer(x)
+    counter = tf.Variable(0, dtype=tf.int64)
+    recorder = DenseGradientRecorder((3, 2), counter, tf.Variable(1, dtype=tf.int64))
+    layer.recorder = recorder
+    recorder.gradient.assign(tf.fill((3, 2), float("inf")))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True))
+    tape.gradient(loss, layer.kernel.value)
+    np.testing.assert_array_equal(recorder.gradient.numpy(), np.ones((3, 2)))

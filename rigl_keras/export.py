@@ -1,0 +1,418 @@
+"""Export of trained sparse models: strip the masks, write SavedModel/TFLite.
+
+A model trained with `rigl_keras` holds `MaskedDense`/`MaskedConv2D` layers,
+each with a kernel, a bias and a 0/1 mask. For serving, none of that
+machinery is needed: `strip_masks` returns a copy of the model in which each
+masked layer is the plain Keras layer (`Dense`, `Conv2D`) holding the
+product `kernel * mask`, so the copy computes exactly what the masked model
+computes in inference and loads without `rigl_keras` installed.
+
+`export_saved_model` writes the stripped model as a TensorFlow SavedModel
+(for TF Serving) and `export_tflite` converts it to a `.tflite` flatbuffer,
+asking the converter for sparse weight encoding by default.
+
+Following TFMOT's `strip_pruning`, stripping clones the model with
+`keras.models.clone_model(model, clone_function=...)`: Sequential and
+functional models, and Sequential/functional models nested in them, are
+supported; subclassed models are not (their structure is code, not data).
+
+Example:
+
+    stripped = rigl_keras.strip_masks(model)
+    rigl_keras.export_saved_model(model, "/tmp/served/1")
+    rigl_keras.export_tflite(model, "/tmp/model.tflite")
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+import tensorflow as tf
+
+from rigl_keras.layers import MaskedConv2D
+from rigl_keras.layers import MaskedDense
+from rigl_keras.layers import MaskedLayer
+from rigl_keras.layers import masked_layers
+
+__all__ = ["strip_masks", "export_saved_model", "export_tflite"]
+
+# Each masked layer class and its plain Keras twin. The masked layers accept
+# every argument of their twin and their configs use the same keys, so the
+# twin is built from the masked layer's config unchanged.
+_PLAIN_TWINS = {
+    MaskedDense: keras.layers.Dense,
+    MaskedConv2D: keras.layers.Conv2D,
+}
+
+
+# Layers whose lookup tables must be tracked explicitly for export.
+_LOOKUP_LAYERS = (
+    keras.layers.IntegerLookup,
+    keras.layers.StringLookup,
+    keras.layers.TextVectorization,
+)
+
+
+def _all_sublayers(layer):
+    """Every layer inside `layer`, nested ones included (not `layer`)."""
+    # pylint: disable-next=protected-access
+    return layer._flatten_layers(include_self=False, recursive=True)
+
+
+def _is_functional(model):
+    """Whether `model` is a functional model (`keras.Model(inputs, outputs)`).
+
+    Keras 3 does not export its `Functional` class, so look for it by name
+    among the model's base classes (a subclass of `keras.Model` constructed
+    with `inputs` and `outputs` is functional too).
+    """
+    return any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras")
+        for cls in type(model).__mro__
+    )
+
+
+def _check_model(model, caller):
+    """Raises unless `model` is a built Sequential or functional model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{caller}` expects a `keras.Model` (Sequential or functional). "
+            f"Received: model={model!r} of type {type(model).__name__}"
+        )
+    if not (isinstance(model, keras.Sequential) or _is_functional(model)):
+        raise ValueError(
+            f"`{caller}` supports Sequential and functional models only, "
+            "because it rebuilds the model layer by layer with "
+            "`keras.models.clone_model`. Received a subclassed model of type "
+            f"{type(model).__name__!r}. Rebuild it as a functional model "
+            "(`keras.Model(inputs, outputs)`) around the same layers and "
+            "strip that, or replace each masked layer by hand with its plain "
+            "twin (`Dense` for `MaskedDense`, `Conv2D` for `MaskedConv2D`) "
+            "holding `kernel * mask`."
+        )
+    if not model.built:
+        raise ValueError(
+            f"`{caller}` needs a built model with defined inputs, but model "
+            f"{model.name!r} is not built and has no defined inputs. Start "
+            "it with `keras.Input(shape)`, or call `model.build(input_shape)` "
+            "or the model itself on data first."
+        )
+
+
+def _plain_twin(layer):
+    """A fresh plain Keras layer configured like the masked `layer`."""
+    twin_class = _PLAIN_TWINS.get(type(layer))
+    if twin_class is None:
+        supported = ", ".join(cls.__name__ for cls in _PLAIN_TWINS)
+        raise ValueError(
+            f"Cannot strip the mask of layer {layer.name!r}: its type "
+            f"{type(layer).__name__} has no plain Keras twin. Supported masked "
+            f"layer types: {supported}."
+        )
+    return twin_class.from_config(layer.get_config())
+
+
+def _clone_plain_layer(layer):
+    """A fresh copy of an unmasked layer, from its config."""
+    inner = masked_layers(layer)
+    if inner:
+        raise ValueError(
+            f"Cannot strip the masks inside layer {layer.name!r} of type "
+            f"{type(layer).__name__}: it contains masked layers "
+            f"({', '.join(repr(m.name) for m in inner)}) but is not a "
+            "Sequential or functional model, so it cannot be rebuilt layer by "
+            "layer. Nest Sequential or functional models only, or strip this "
+            "layer by hand."
+        )
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as error:  # pylint: disable=broad-except
+        raise ValueError(
+            f"Cannot copy layer {layer.name!r} of type "
+            f"{type(layer).__name__}: `from_config(get_config())` failed "
+            f"({type(error).__name__}: {error}). Give the layer a complete "
+            "`get_config` (see the Keras serialization guide)."
+        ) from error
+
+
+def _copy_weights(source, target):
+    """Copies `source`'s weights into its clone `target`, baking in masks."""
+    if isinstance(source, MaskedLayer):
+        kernel = source.kernel.numpy()
+        target.kernel.assign(kernel * source.mask.numpy().astype(kernel.dtype))
+        if source.bias is not None:
+            target.bias.assign(source.bias.numpy())
+        return
+    weights = source.get_weights()
+    if len(weights) != len(target.weights):
+        raise ValueError(
+            f"Cannot copy the weights of layer {source.name!r} of type "
+            f"{type(source).__name__}: it has {len(weights)} weights but its "
+            f"copy from `from_config` has {len(target.weights)}."
+        )
+    target.set_weights(weights)
+
+
+@contextlib.contextmanager
+def _uncompiled(model):
+    """Hides that `model` (and models nested in it) are compiled, meanwhile.
+
+    `clone_model` compiles the clone of a compiled model from its compile
+    config, which fails for an unregistered custom loss or metric (common in
+    training scripts) and is of no use for export. The flags are restored
+    on exit.
+    """
+    models = [model] + [
+        layer
+        for layer in _all_sublayers(model)
+        if isinstance(layer, keras.Model)
+    ]
+    compiled = [m for m in models if getattr(m, "compiled", False)]
+    try:
+        for m in compiled:
+            m.compiled = False
+        yield
+    finally:
+        for m in compiled:
+            m.compiled = True
+
+
+def _strip(model, caller, warn):
+    """`strip_masks` with the caller's name for errors and an optional warning."""
+    _check_model(model, caller)
+    if not masked_layers(model) and warn:
+        warnings.warn(
+            f"Model {model.name!r} contains no masked layer (MaskedDense, "
+            "MaskedConv2D): `strip_masks` returns an unchanged copy.",
+            UserWarning,
+            stacklevel=3,
+        )
+    pairs = []
+
+    def clone_function(layer):
+        if isinstance(layer, MaskedLayer):
+            clone = _plain_twin(layer)
+        else:
+            clone = _clone_plain_layer(layer)
+        pairs.append((layer, clone))
+        return clone
+
+    # recursive=True rebuilds nested Sequential/functional models through
+    # `clone_function` too; the clone cache maps a shared layer to one clone.
+    with _uncompiled(model):
+        stripped = keras.models.clone_model(
+            model, clone_function=clone_function, recursive=True
+        )
+    for source, target in pairs:
+        _copy_weights(source, target)
+    return stripped
+
+
+def strip_masks(model):
+    """Returns a copy of `model` with every masked layer made a plain layer.
+
+    Each `MaskedDense` becomes a `keras.layers.Dense` and each `MaskedConv2D`
+    a `keras.layers.Conv2D` with the same config (name included) whose kernel
+    is `kernel * mask` and whose bias is the masked layer's bias. Every other
+    layer is copied with its config and weights. The result computes what the
+    masked model computes in inference, needs no `rigl_keras` code to load,
+    and shares no variables with `model`, which is left untouched.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`. Sequential and
+            functional models nested in it are stripped too.
+
+    Returns:
+        A new, uncompiled `keras.Model` of the same kind (compile it to train
+        or evaluate it further).
+
+    Raises:
+        TypeError: If `model` is not a `keras.Model`.
+        ValueError: If `model` is subclassed, not built (no defined inputs),
+            or holds a layer that cannot be stripped or copied (a masked
+            layer type without a plain twin, a masked layer inside a custom
+            layer or subclassed model, a layer without a working config);
+            the message names the layer.
+
+    Warns:
+        UserWarning: If `model` contains no masked layer (the copy is then
+            equal to `model`).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), MaskedDense(2)])
+    >>> stripped = strip_masks(model)
+    >>> [type(layer).__name__ for layer in stripped.layers]
+    ['Dense']
+    """
+    return _strip(model, "strip_masks", warn=True)
+
+
+def _input_signature(model):
+    """The serving signature of a stripped model: its inputs, batch free.
+
+    Returns a one-element list holding the model's input structure (a spec
+    for a single-input model, a list or dict of specs otherwise), the form
+    `keras.export.ExportArchive.add_endpoint` expects for `model(inputs)`.
+    """
+    inputs = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+    def spec(tensor):
+        shape = (None,) + tuple(tensor.shape[1:])
+        return tf.TensorSpec(shape, dtype=tensor.dtype, name=tensor.name)
+
+    return [keras.tree.map_structure(spec, inputs)]
+
+
+def _write_saved_model(stripped, path, signature_name):
+    """Writes `stripped` to the new directory `path` with one signature.
+
+    The endpoint captures, and so saves, every variable the model uses.
+    `archive.track(model)` would save each of them a second time (Keras
+    issue keras-team/keras#23553: the `keras.Variable` wrappers and the
+    `tf.Variable`s they wrap are saved separately), doubling the SavedModel;
+    only layers holding lookup tables, which the endpoint does not capture,
+    are tracked.
+    """
+    archive = keras.export.ExportArchive()
+    for layer in _all_sublayers(stripped):
+        if isinstance(layer, _LOOKUP_LAYERS):
+            archive.track(layer)
+    archive.add_endpoint(
+        name=signature_name,
+        fn=lambda inputs: stripped(inputs, training=False),
+        input_signature=_input_signature(stripped),
+    )
+    archive.write_out(path, verbose=False)
+
+
+def _check_signature_name(signature_name):
+    if not isinstance(signature_name, str) or not signature_name.isidentifier():
+        raise ValueError(
+            "`signature_name` must be a non-empty string that is a valid "
+            "Python identifier (letters, digits, underscores). "
+            f"Received: signature_name={signature_name!r}"
+        )
+
+
+def export_saved_model(
+    model, path, signature_name="serving_default", overwrite=False
+):
+    """Strips the masks and writes a TensorFlow SavedModel for serving.
+
+    The SavedModel has a serving signature, `signature_name`, that maps the
+    model's inputs (batch dimension free) to its outputs in inference mode
+    (`training=False`); if `signature_name` is not `"serving_default"`, the
+    same function is also registered under `"serving_default"`, which TF
+    Serving requires. Load it with `tf.saved_model.load(path).signatures[
+    signature_name]`, inspect it with `saved_model_cli show --dir path --all`
+    or serve it with TF Serving (which needs `"serving_default"`). The
+    variables hold `kernel * mask`, so their zeros are the pruned weights.
+
+    The SavedModel is written to a temporary directory next to `path` and
+    moved into place at the end, so a failed export leaves `path` as it was.
+
+    Args:
+        model: A built Sequential or functional `keras.Model`, masked or not.
+        path: Directory to write (`str` or path-like). Missing parent
+            directories are created.
+        signature_name: Name of the serving signature.
+        overwrite: Whether to replace `path` if it is a non-empty directory.
+
+    Returns:
+        `path`, as a string.
+
+    Raises:
+        FileExistsError: If `path` is an existing file, or a non-empty
+            directory and `overwrite` is False.
+        TypeError: If `model` is not a `keras.Model`.
+        ValueError: For a bad `signature_name` and for the models that
+            `strip_masks` rejects.
+
+    Example:
+
+    >>> path = export_saved_model(model, "/tmp/served/1")  # doctest: +SKIP
+    >>> tf.saved_model.load(path).signatures["serving_default"]  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    _check_signature_name(signature_name)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(
+            f"`path` must be a directory to write the SavedModel into, but "
+            f"it exists as a file. Received: path={path!r}"
+        )
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(
+            "`path` is a non-empty directory; pass overwrite=True to replace "
+            f"it. Received: path={path!r}"
+        )
+    stripped = _strip(model, "export_saved_model", warn=False)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".rigl_export_", dir=parent)
+    try:
+        written = os.path.join(staging, "saved_model")
+        _write_saved_model(stripped, written, signature_name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def export_tflite(model, path, sparse=True):
+    """Strips the masks and converts the model to a TFLite flatbuffer.
+
+    The stripped model is written as a SavedModel to a temporary directory
+    and converted with `tf.lite.TFLiteConverter.from_saved_model`, in float32
+    (no quantization). With `sparse=True` the converter is asked to store
+    sparse constant weights in a compressed sparse format
+    (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`); it does so only for weights
+    sparse enough to gain from it, and inserts a `DENSIFY` op or uses a
+    sparse kernel at run time. Run the file with the LiteRT interpreter
+    (`pip install rigl_keras[tflite]`, `ai_edge_litert.interpreter`).
+
+    Args:
+        model: A built Sequential or functional `keras.Model`, masked or not.
+        path: File to write (`str` or path-like), replaced if it exists.
+            Missing parent directories are created.
+        sparse: Whether to ask for sparse weight encoding.
+
+    Returns:
+        `path`, as a string.
+
+    Raises:
+        IsADirectoryError: If `path` is an existing directory.
+        TypeError: If `model` is not a `keras.Model`.
+        ValueError: For the models that `strip_masks` rejects.
+
+    Example:
+
+    >>> export_tflite(model, "/tmp/model.tflite")  # doctest: +SKIP
+    '/tmp/model.tflite'
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            "`path` must be a file to write the .tflite model into, but it "
+            f"exists as a directory. Received: path={path!r}"
+        )
+    stripped = _strip(model, "export_tflite", warn=False)
+    with tempfile.TemporaryDirectory(prefix="rigl_tflite_") as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        _write_saved_model(stripped, saved, "serving_default")
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved, signature_keys=["serving_default"]
+        )
+        if sparse:
+            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        flatbuffer = converter.convert()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(flatbuffer)
+    return path

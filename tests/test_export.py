@@ -1,0 +1,643 @@
+"""Tests for `rigl_keras.export` and `rigl_keras.report`.
+
+Every model gets random masks (80-90% zeros), non-zero kernels and biases
+and non-trivial BatchNormalization statistics, so a dropped mask, a lost
+bias or a layer run in training mode changes the outputs. The SavedModels
+are written once per module and reloaded in a separate Python process.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rigl_keras
+from rigl_keras.callbacks import random_mask
+from rigl_keras.layers import MaskedLayer
+
+ATOL = 1e-6  # Keras vs stripped Keras vs SavedModel: same float32 graph.
+TFLITE_ATOL = 1e-5  # TFLite kernels (XNNPack) sum in another order.
+
+
+# --------------------------------------------------------------------------
+# Models.
+
+
+def _dense_model():
+    return keras.Sequential(
+        [
+            keras.Input((20,)),
+            rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
+            rigl_keras.MaskedDense(16, activation="tanh", name="fc2"),
+            rigl_keras.MaskedDense(4, name="fc3"),
+        ],
+        name="dense_only",
+    )
+
+
+def _conv_model():
+    return keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            rigl_keras.MaskedConv2D(8, 3, activation="relu", name="conv1"),
+            rigl_keras.MaskedConv2D(6, 3, strides=2, padding="same", name="conv2"),
+            keras.layers.Flatten(),
+            rigl_keras.MaskedDense(3, name="fc"),
+        ],
+        name="conv",
+    )
+
+
+def _mixed_model():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            rigl_keras.MaskedConv2D(6, 3, padding="same", use_bias=False, name="conv"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            rigl_keras.MaskedDense(12, name="fc1"),
+            keras.layers.BatchNormalization(name="bn2"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(5, name="head"),
+        ],
+        name="mixed",
+    )
+
+
+def _functional_model():
+    """Two branches, a nested Sequential, BatchNormalization and Dropout."""
+    inputs = keras.Input((6, 6, 3), name="image")
+    x = rigl_keras.MaskedConv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    tower = keras.Sequential(
+        [
+            keras.Input((64,)),
+            rigl_keras.MaskedDense(10, activation="relu", name="tower_fc"),
+            keras.layers.Dense(10, name="tower_plain"),
+        ],
+        name="tower",
+    )
+    skip = rigl_keras.MaskedDense(10, name="skip")(x)
+    x = keras.layers.Add()([tower(x), skip])
+    outputs = rigl_keras.MaskedDense(3, activation="softmax", name="out")(x)
+    return keras.Model(inputs, outputs, name="functional")
+
+
+MODELS = {
+    "dense_only": (_dense_model, 0.9),
+    "conv": (_conv_model, 0.8),
+    "mixed": (_mixed_model, 0.8),
+    "functional": (_functional_model, 0.8),
+}
+
+
+def _sparsify(model, sparsity, seed=0):
+    """Random masks and non-zero weights; returns the mask zeros per layer."""
+    rng = np.random.default_rng(seed)
+    zeros = {}
+    for i, layer in enumerate(rigl_keras.masked_layers(model)):
+        shape = tuple(layer.mask.shape)
+        num_zeros = int(round(sparsity * np.prod(shape)))
+        mask = random_mask(shape, num_zeros, seed=seed + i)
+        # |values| in [0.1, 1): a kept weight is never zero.
+        values = rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
+        layer.mask.assign(mask)
+        layer.kernel.assign((values * mask).astype("float32"))
+        if layer.bias is not None:
+            layer.bias.assign(rng.uniform(-0.5, 0.5, layer.bias.shape).astype("float32"))
+        zeros[layer.name] = num_zeros
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(size=n).astype("float32"))
+    return zeros
+
+
+def _make(name, seed=0):
+    build, sparsity = MODELS[name]
+    keras.utils.set_random_seed(seed)
+    model = build()
+    zeros = _sparsify(model, sparsity, seed)
+    return model, zeros
+
+
+def _inputs(model, batch=5, seed=1):
+    shape = (batch,) + tuple(model.inputs[0].shape[1:])
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _predict(model, x):
+    return model(x, training=False).numpy()
+
+
+def _np(variable):
+    return variable.numpy()
+
+
+def _state(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+# --------------------------------------------------------------------------
+# strip_masks.
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_strip_masks_same_outputs_and_plain_layers(name):
+    model, _ = _make(name)
+    x = _inputs(model)
+    stripped = rigl_keras.strip_masks(model)
+
+    np.testing.assert_allclose(_predict(stripped, x), _predict(model, x), rtol=0, atol=ATOL)
+    assert not rigl_keras.masked_layers(stripped)
+    # Each masked layer became its plain twin, same name, kernel * mask baked in.
+    plain = {
+        layer.name: layer
+        for layer in stripped._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
+    }
+    for layer in rigl_keras.masked_layers(model):
+        twin = plain[layer.name]
+        expected = keras.layers.Dense if isinstance(layer, rigl_keras.MaskedDense) else keras.layers.Conv2D
+        assert type(twin) is expected
+        assert twin.get_config()["activation"] == layer.get_config()["activation"]
+        np.testing.assert_array_equal(
+            _np(twin.kernel), _np(layer.kernel) * _np(layer.mask)
+        )
+        if layer.use_bias:
+            np.testing.assert_array_equal(_np(twin.bias), _np(layer.bias))
+        else:
+            assert twin.bias is None
+    # Every other layer is of the same type with equal weights.
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+        if isinstance(layer, (MaskedLayer, keras.layers.InputLayer)):
+            continue
+        twin = plain[layer.name]
+        assert type(twin) is type(layer)
+        if not isinstance(layer, keras.Model):
+            for a, b in zip(layer.get_weights(), twin.get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_strip_masks_bakes_mask_over_hand_written_inactive_weights():
+    # Inference output of a masked layer is W * M even with non-zeros written
+    # into inactive entries; the stripped kernel must be W * M, not W.
+    model = keras.Sequential([keras.Input((2,)), rigl_keras.MaskedDense(2, use_bias=False)])
+    layer = model.layers[0]
+    layer.mask.assign(np.array([[1.0, 0.0], [0.0, 1.0]], "float32"))
+    layer.kernel.assign(np.array([[2.0, 5.0], [7.0, 3.0]], "float32"))  # no apply_mask
+    stripped = rigl_keras.strip_masks(model)
+    np.testing.assert_array_equal(
+        _np(stripped.layers[0].kernel), [[2.0, 0.0], [0.0, 3.0]]
+    )
+    # x = [1, 1]: [2, 3] through the mask, [9, 8] without it.
+    np.testing.assert_array_equal(_predict(stripped, np.ones((1, 2), "float32")), [[2.0, 3.0]])
+
+
+def test_strip_masks_leaves_original_untouched():
+    model, _ = _make("functional")
+    x = _inputs(model)
+    before_state, before_out = _state(model), _predict(model, x)
+    before_types = [type(layer) for layer in model.layers]
+
+    stripped = rigl_keras.strip_masks(model)
+    for variable in stripped.weights:  # Scribble over the copy.
+        variable.assign(np.full(variable.shape, 3.0, variable.dtype))
+
+    assert [type(layer) for layer in model.layers] == before_types
+    assert len(rigl_keras.masked_layers(model)) == 4
+    for a, b in zip(_state(model), before_state):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(_predict(model, x), before_out)
+    original_ids = {id(v) for v in model.weights}
+    assert not original_ids & {id(v) for v in stripped.weights}
+
+
+def test_strip_masks_of_model_compiled_with_custom_loss():
+    # clone_model would recompile the copy from the compile config, which
+    # fails for an unregistered loss; the copy comes back uncompiled instead.
+    model, _ = _make("dense_only")
+    model.compile("adam", loss=lambda y, p: keras.ops.mean((y - p) ** 2))
+    x = _inputs(model)
+    stripped = rigl_keras.strip_masks(model)
+    assert model.compiled and not stripped.compiled
+    np.testing.assert_allclose(_predict(stripped, x), _predict(model, x), rtol=0, atol=ATOL)
+
+
+def test_strip_masks_without_masked_layers_warns_and_copies():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
+         keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
+    x = _inputs(model)
+    with pytest.warns(UserWarning, match="contains no masked layer"):
+        copy = rigl_keras.strip_masks(model)
+    assert copy is not model
+    assert [type(layer) for layer in copy.layers] == [type(layer) for layer in model.layers]
+    for a, b in zip(_state(copy), _state(model)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(_predict(copy, x), _predict(model, x))
+
+
+def test_strip_masks_of_masked_model_does_not_warn():
+    model, _ = _make("dense_only")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        rigl_keras.strip_masks(model)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.fc = rigl_keras.MaskedDense(2)
+
+    def call(self, inputs):
+        return self.fc(inputs)
+
+
+def test_strip_masks_subclassed_model_error():
+    model = _Subclassed()
+    model(np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"subclassed model of type '_Subclassed'.*functional model"):
+        rigl_keras.strip_masks(model)
+
+
+def test_strip_masks_nested_subclassed_model_with_masks_error():
+    inner = _Subclassed()
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, inner(inputs))
+    with pytest.raises(ValueError, match=r"contains masked layers.*not a Sequential or functional"):
+        rigl_keras.strip_masks(model)
+
+
+class _MaskedScale(MaskedLayer):
+    """A masked layer type without a plain Keras twin."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1],), initializer="ones")
+        self.bias = None
+        self._build_mask()
+
+    def call(self, inputs, training=None):
+        return inputs * self._effective_kernel(training)
+
+
+def test_strip_masks_unsupported_layer_error():
+    model = keras.Sequential(
+        [keras.Input((3,)), rigl_keras.MaskedDense(3), _MaskedScale(name="scale")]
+    )
+    with pytest.raises(ValueError, match=r"layer 'scale'.*_MaskedScale.*MaskedDense, MaskedConv2D"):
+        rigl_keras.strip_masks(model)
+
+
+def test_strip_masks_unbuilt_model_error():
+    model = keras.Sequential([rigl_keras.MaskedDense(2)])
+    with pytest.raises(ValueError, match="not built and has no defined inputs"):
+        rigl_keras.strip_masks(model)
+
+
+def test_strip_masks_model_built_without_input_layer():
+    model = keras.Sequential([rigl_keras.MaskedDense(3), rigl_keras.MaskedDense(2)])
+    model.build((None, 4))
+    _sparsify(model, 0.5)
+    x = _inputs(model)
+    np.testing.assert_allclose(
+        _predict(rigl_keras.strip_masks(model), x), _predict(model, x), rtol=0, atol=ATOL
+    )
+
+
+def test_strip_masks_not_a_model_error():
+    with pytest.raises(TypeError, match="expects a `keras.Model`"):
+        rigl_keras.strip_masks(rigl_keras.MaskedDense(2))
+
+
+# --------------------------------------------------------------------------
+# SavedModel.
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each model exported once: {name: (model, zeros, path, x)}."""
+    root = tmp_path_factory.mktemp("saved_models")
+    out = {}
+    for name in sorted(MODELS):
+        model, zeros = _make(name)
+        path = str(root / name)
+        assert rigl_keras.export_saved_model(model, path) == path
+        out[name] = (model, zeros, path, _inputs(model, batch=7))
+    return out
+
+
+_LOAD_AND_RUN = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+for path, x_file, y_file in json.loads(sys.argv[1]):
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    (name, spec), = fn.structured_input_signature[1].items()
+    assert spec.shape[0] is None, spec
+    outputs = fn(**{name: tf.constant(np.load(x_file))})
+    np.save(y_file, outputs["output_0"].numpy())
+print("done")
+"""
+
+
+def test_saved_model_outputs_in_fresh_process(exported, tmp_path):
+    jobs = []
+    for name, (_, _, path, x) in exported.items():
+        np.save(tmp_path / f"{name}_x.npy", x)
+        jobs.append([path, str(tmp_path / f"{name}_x.npy"), str(tmp_path / f"{name}_y.npy")])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN, json.dumps(jobs)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (model, _, _, x) in exported.items():
+        served = np.load(tmp_path / f"{name}_y.npy")
+        assert served.shape[0] == 7
+        np.testing.assert_allclose(served, _predict(model, x), rtol=0, atol=ATOL, err_msg=name)
+
+
+def test_saved_model_variables_keep_the_zeros(exported):
+    for name, (model, zeros, path, _) in exported.items():
+        reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+        tensors = [
+            reader.get_tensor(key)
+            for key, shape in reader.get_variable_to_shape_map().items()
+            if len(shape) >= 2
+        ]
+        # Every kernel (rank >= 2) is stored; the only zeros are the pruned
+        # weights (kept weights and biases are drawn away from zero).
+        assert sum(int((t == 0).sum()) for t in tensors) == sum(zeros.values()), name
+        for layer in rigl_keras.masked_layers(model):
+            expected = _np(layer.kernel) * _np(layer.mask)
+            assert any(
+                t.shape == expected.shape and np.array_equal(t, expected) for t in tensors
+            ), (name, layer.name)
+        # One stored tensor per kernel: no mask variable made it into the export.
+        assert len(tensors) == len(rigl_keras.sparsity_report(model)) - 1, name
+        # Every weight is stored once (keras-team/keras#23553 doubles them):
+        # the masked model's parameters less the masks.
+        stored = sum(
+            int(np.prod(shape))
+            for key, shape in reader.get_variable_to_shape_map().items()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
+        )
+        masks = sum(int(np.prod(layer.mask.shape)) for layer in rigl_keras.masked_layers(model))
+        assert stored == model.count_params() - masks, name
+
+
+def test_saved_model_cli_lists_serving_signature(exported):
+    path = exported["dense_only"][2]
+    cli = shutil.which("saved_model_cli") or os.path.join(
+        os.path.dirname(sys.executable), "saved_model_cli"
+    )
+    if not os.path.exists(cli):
+        pytest.skip("saved_model_cli (installed with tensorflow) is not on PATH")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [cli, "show", "--dir", path, "--all"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "signature_def['serving_default']" in result.stdout
+    assert "shape: (-1, 20)" in result.stdout  # Free batch dimension.
+    assert "shape: (-1, 4)" in result.stdout
+
+
+def test_export_saved_model_overwrite_protection(tmp_path):
+    model, _ = _make("dense_only")
+    path = str(tmp_path / "export")
+    rigl_keras.export_saved_model(model, path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        rigl_keras.export_saved_model(model, path)
+
+    # overwrite=True replaces the old export: the new kernels are all zero.
+    for layer in rigl_keras.masked_layers(model):
+        layer.mask.assign(np.zeros(layer.mask.shape, "float32"))
+    (tmp_path / "export" / "stale.txt").write_text("old")
+    assert rigl_keras.export_saved_model(model, path, overwrite=True) == path
+    assert not (tmp_path / "export" / "stale.txt").exists()
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    kernels = [
+        reader.get_tensor(key)
+        for key, shape in reader.get_variable_to_shape_map().items()
+        if len(shape) == 2
+    ]
+    assert len(kernels) == 3 and all(not k.any() for k in kernels)
+    # No staging directories are left behind.
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_export_saved_model_into_empty_directory_and_custom_signature(tmp_path):
+    model, _ = _make("dense_only")
+    (tmp_path / "empty").mkdir()
+    path = rigl_keras.export_saved_model(model, tmp_path / "empty", signature_name="predict")
+    assert path == str(tmp_path / "empty")
+    loaded = tf.saved_model.load(path)
+    # Keras' ExportArchive also registers the first endpoint as "serving_default".
+    assert sorted(loaded.signatures) == ["predict", "serving_default"]
+    x = _inputs(model)
+    out = loaded.signatures["predict"](tf.constant(x))
+    np.testing.assert_allclose(out["output_0"].numpy(), _predict(model, x), rtol=0, atol=ATOL)
+
+
+def test_export_saved_model_bad_input(tmp_path):
+    model, _ = _make("dense_only")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(FileExistsError, match="exists as a file"):
+        rigl_keras.export_saved_model(model, a_file)
+    with pytest.raises(FileExistsError, match="exists as a file"):
+        rigl_keras.export_saved_model(model, a_file, overwrite=True)
+    assert a_file.read_text() == "x"
+    with pytest.raises(ValueError, match="signature_name"):
+        rigl_keras.export_saved_model(model, tmp_path / "m", signature_name="")
+    with pytest.raises(ValueError, match="not built and has no defined inputs"):
+        rigl_keras.export_saved_model(keras.Sequential([rigl_keras.MaskedDense(2)]), tmp_path / "m")
+    subclassed = _Subclassed()
+    subclassed(np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match="subclassed model"):
+        rigl_keras.export_saved_model(subclassed, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------
+# TFLite.
+
+
+def _interpreter_class():
+    interpreter = pytest.importorskip(
+        "ai_edge_litert.interpreter",
+        reason="the LiteRT interpreter is needed to run .tflite files: "
+        "pip install ai-edge-litert (the rigl_keras[tflite] extra)",
+    )
+    return interpreter.Interpreter
+
+
+def _run_tflite(path, x):
+    runner = _interpreter_class()(model_path=path).get_signature_runner("serving_default")
+    (name,) = runner.get_input_details()
+    return runner(**{name: x})["output_0"]
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tflite_outputs_match(name, sparse, tmp_path):
+    _interpreter_class()
+    model, _ = _make(name)
+    path = str(tmp_path / f"{name}.tflite")
+    assert rigl_keras.export_tflite(model, path, sparse=sparse) == path
+    x = _inputs(model, batch=3)
+    np.testing.assert_allclose(_run_tflite(path, x), _predict(model, x), rtol=1e-5, atol=TFLITE_ATOL)
+
+
+def test_tflite_sparse_encoding_is_smaller(tmp_path):
+    # fc1 holds 640 of 1216 weights; at 90% sparsity the sparse encoding
+    # (values plus indices) must undercut the dense float32 file clearly.
+    model, _ = _make("dense_only")
+    sparse = rigl_keras.export_tflite(model, tmp_path / "sparse.tflite", sparse=True)
+    dense = rigl_keras.export_tflite(model, tmp_path / "dense.tflite", sparse=False)
+    assert os.path.getsize(sparse) < 0.8 * os.path.getsize(dense)
+
+
+def test_export_tflite_bad_input(tmp_path):
+    model, _ = _make("dense_only")
+    with pytest.raises(IsADirectoryError, match="exists as a directory"):
+        rigl_keras.export_tflite(model, tmp_path)
+    with pytest.raises(ValueError, match="not built and has no defined inputs"):
+        rigl_keras.export_tflite(keras.Sequential([rigl_keras.MaskedDense(2)]), tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_export_tflite_overwrites_file(tmp_path):
+    model, _ = _make("dense_only")
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    rigl_keras.export_tflite(model, path, sparse=False)
+    assert path.stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------
+# sparsity_report.
+
+
+def _report_model():
+    """Hand-countable: masked 4x3 kernel with 9 zeros, plain 3x2 with 1."""
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            rigl_keras.MaskedDense(3, name="masked"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(2, name="plain"),
+        ]
+    )
+    masked = model.get_layer("masked")
+    mask = np.zeros((4, 3), "float32")
+    mask[0, 0] = mask[1, 1] = mask[2, 2] = 1.0
+    masked.mask.assign(mask)
+    # Non-zeros written into inactive entries too: they do not count.
+    masked.kernel.assign(np.arange(1, 13, dtype="float32").reshape(4, 3))
+    plain = np.ones((3, 2), "float32")
+    plain[2, 1] = 0.0
+    model.get_layer("plain").kernel.assign(plain)
+    return model
+
+
+def test_sparsity_report_hand_counts():
+    report = rigl_keras.sparsity_report(_report_model())
+    assert isinstance(report, list)
+    assert report == [
+        {"name": "masked", "shape": (4, 3), "params": 12, "nonzeros": 3, "sparsity": 0.75},
+        {"name": "plain", "shape": (3, 2), "params": 6, "nonzeros": 5, "sparsity": pytest.approx(1 / 6)},
+        {"name": "total", "shape": None, "params": 18, "nonzeros": 8, "sparsity": pytest.approx(10 / 18)},
+    ]
+
+
+def test_sparsity_report_same_for_stripped_model():
+    model, zeros = _make("functional")
+    report = rigl_keras.sparsity_report(model)
+    assert report == rigl_keras.sparsity_report(rigl_keras.strip_masks(model))
+    by_name = {row["name"]: row for row in report}
+    for name, num_zeros in zeros.items():
+        assert by_name[name]["params"] - by_name[name]["nonzeros"] == num_zeros
+    # conv 3x3x3x4, tower_fc 64x10, tower_plain 10x10 (dense), skip 64x10, out 10x3.
+    assert [row["name"] for row in report] == [
+        "conv", "tower_fc", "tower_plain", "skip", "out", "total"
+    ]
+    assert report[-1]["params"] == 108 + 640 + 100 + 640 + 30
+    assert report[-1]["nonzeros"] == report[-1]["params"] - sum(zeros.values())
+
+
+def test_sparsity_report_prints_aligned_table():
+    text = str(rigl_keras.sparsity_report(_report_model()))
+    lines = text.splitlines()
+    assert lines[0].split() == ["Layer", "Kernel", "shape", "Params", "Non-zeros", "Sparsity"]
+    assert lines[2].split() == ["masked", "4x3", "12", "3", "75.00%"]
+    assert lines[3].split() == ["plain", "3x2", "6", "5", "16.67%"]
+    assert lines[5].split() == ["total", "18", "8", "55.56%"]
+    # Right-aligned numeric columns: every data line ends at the same column.
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_sparsity_report_unbuilt_model_error():
+    with pytest.raises(ValueError, match="not built"):
+        rigl_keras.sparsity_report(keras.Sequential([keras.layers.Dense(2)]))
+
+
+# --------------------------------------------------------------------------
+# benchmarks/export.py, end to end with a tiny configuration.
+
+
+def test_export_benchmark_tiny_run(tmp_path):
+    _interpreter_class()
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "export.py")
+    spec = importlib.util.spec_from_file_location("export_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    output = tmp_path / "export.json"
+    result = bench.main([
+        "--models", "lenet300_100", "--sparsities", "0,0.9", "--block_sparsities", "0.9",
+        "--rounds", "1", "--runs", "3", "--output", str(output),
+    ])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
+    assert result["command"].startswith("python benchmarks/export.py --models lenet300_100")
+    dense, sparse, block = result["results"]
+    assert (dense["sparsity"], sparse["sparsity"], block["masks"]) == (0.0, 0.9, "block1x4")
+    assert sparse["kernel_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    # Same architecture, same stored floats (the index file may differ by a
+    # few bytes of varint-encoded checksums).
+    assert abs(dense["savedmodel_variables_bytes"] - sparse["savedmodel_variables_bytes"]) < 64
+    assert sparse["tflite_sparse_bytes"] < 0.25 * dense["tflite_plain_bytes"]
+    assert sparse["tflite_sparse_vs_dense_model"] == pytest.approx(
+        sparse["tflite_sparse_bytes"] / dense["tflite_plain_bytes"])
+    assert result["target"]["checks"] == [
+        {"model": "lenet300_100", "ratio": sparse["tflite_sparse_vs_dense_model"],
+         "target": 0.25, "pass": True}
+    ]
+    # Random 90% masks: CSR weights and DENSIFY; 1x4 blocks: sparse FULLY_CONNECTED.
+    assert "DENSIFY[sparse]" in sparse["ops_sparse"]["ops"]
+    assert "FULLY_CONNECTED[sparse]" in block["ops_sparse"]["ops"]
+    assert dense["ops_sparse"]["sparse_tensors"] == 0
+    for row in result["results"]:
+        assert row["max_abs_error_sparse"] < TFLITE_ATOL
+        assert row["latency_sparse_xnnpack"]["samples"] == 3
+    assert result["table"].count("\n") == 4  # Header, rule, three rows.

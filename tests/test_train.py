@@ -1,0 +1,421 @@
+"""Tests of the training CLI (rigl_keras.train) and its input pipeline.
+
+Most tests call `train(TrainConfig(...))` in-process on TFDS mock data
+(`tfds.testing.mock_data`: random images with the real features); one runs
+`python -m rigl_keras.train` as a subprocess, and one trains on the real
+MNIST from `TFDS_DATA_DIR` (default `<repo>/../shared/tfds`), which must be
+there when the `CI` environment variable is set.
+"""
+
+import dataclasses
+import glob
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rigl_keras import data
+from rigl_keras import train as train_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SPARSE_METHODS = ("static", "set", "snfs", "rigl", "prune")
+TINY = dict(epochs=1, steps_per_epoch=5, batch_size=16, verbose=0)
+
+
+def _real_tfds_dir():
+    return pathlib.Path(
+        os.environ.get("TFDS_DATA_DIR", str(ROOT.parent / "shared" / "tfds"))
+    )
+
+
+def _require_real_mnist():
+    """The real MNIST folder: fails in CI, skips elsewhere, if missing."""
+    data_dir = _real_tfds_dir()
+    if not (data_dir / "mnist").is_dir():
+        message = f"MNIST in TFDS format is missing from {data_dir}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must provide ../shared/tfds)")
+        pytest.skip(message)
+    return str(data_dir)
+
+
+def _require_tensorboard():
+    if importlib.util.find_spec("tensorboard") is None:
+        message = "the tensorboard package is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": it must be installed for --logdir")
+        pytest.skip(message)
+
+
+def _subprocess_env():
+    return dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+
+
+def _run_mock(tmp_path, num_examples=100, **kwargs):
+    kwargs.setdefault("results_json", str(tmp_path / "results.json"))
+    config = train_lib.TrainConfig(**{**TINY, **kwargs})
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return train_lib.train(config)
+
+
+def _expected_rigl_flops(inference_ratio, update_freq):
+    # (3 f_S dT + 2 f_S + f_D) / (dT + 1), relative to 3 f_D.
+    r = inference_ratio
+    return (3 * r * update_freq + 2 * r + 1) / (update_freq + 1) / 3
+
+
+# ----------------------------------------------------------------------
+# Every method, in-process on mock MNIST.
+
+
+@pytest.mark.parametrize("method", list(train_lib.METHODS))
+def test_every_method_trains_and_reports(tmp_path, method):
+    results = _run_mock(tmp_path, method=method, update_freq=3)
+    # 100 examples / 16 = 7 batches per epoch, capped at 5.
+    assert results["steps"] == results["steps_per_epoch"] == 5
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert np.isfinite(results["test_loss"])
+    assert results["wall_seconds"] > 0
+    assert results["wall_seconds"] >= results["train_seconds"]
+    assert set(results["layer_sparsity"]) == {"fc1", "fc2", "fc3"}
+    r_inf, r_train = results["inference_flops"], results["train_flops"]
+    if method == "dense":
+        assert results["sparsity"] < 1e-3
+        assert r_inf == r_train == 1.0
+    elif method == "small_dense":
+        assert results["sparsity"] < 1e-3
+        widths = results["small_dense"]["widths"]
+        assert widths == [33, 12]
+        # A dense MLP's FLOPs are 2 x its kernel weights: same ratio.
+        assert r_inf == pytest.approx(results["kernel_params"] / 266_200)
+        assert r_train == pytest.approx(r_inf)
+    else:
+        # ERK at 90% over the whole model, fc3 dense.
+        assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
+        assert results["layer_sparsity"]["fc3"] == 0.0
+        assert r_inf == pytest.approx(0.1, abs=1e-4)
+        expected_train = {
+            "static": r_inf,
+            "set": r_inf,
+            "snfs": (2 * r_inf + 1) / 3,
+            "rigl": _expected_rigl_flops(r_inf, 3),
+        }
+        if method in expected_train:
+            assert r_train == pytest.approx(expected_train[method])
+        else:  # prune: dense at first, sparser later.
+            assert r_inf < r_train < 1.0
+        assert results["history"]["sparsity"][-1] == pytest.approx(
+            results["sparsity"], abs=1e-6)
+    # end_step = round(0.75 * 5) = 4: one update, at step 3, with the
+    # cosine drop fraction 0.3 * (1 + cos(pi * 3 / 4)) / 2.
+    if method in ("set", "snfs", "rigl"):
+        assert results["end_step"] == 4
+        assert results["history"]["drop_fraction"][-1] == pytest.approx(
+            0.15 * (1 + math.cos(math.pi * 3 / 4)))
+    if method == "static":
+        assert results["history"]["drop_fraction"][-1] == 0.0
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == results
+
+
+def test_results_json_holds_every_flag_and_the_top_level_metrics(tmp_path):
+    path = tmp_path / "out" / "r.json"
+    results = _run_mock(tmp_path, method="rigl", sparsity=0.8, seed=7,
+                        results_json=str(path), distribution="uniform",
+                        dense_layers=("fc3",))
+    on_disk = json.loads(path.read_text())
+    for key in ("test_accuracy", "test_loss", "sparsity", "train_flops",
+                "inference_flops", "wall_seconds"):
+        assert isinstance(on_disk[key], float), key
+    assert on_disk["results_json"] == str(path)
+    flag_values = flags.FlagValues()
+    train_lib.define_flags(flag_values)
+    config_fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+    assert set(on_disk["flags"]) == config_fields
+    assert config_fields <= set(flag_values)  # Every field is a flag.
+    assert on_disk["flags"]["sparsity"] == 0.8
+    assert on_disk["flags"]["seed"] == 7
+    assert on_disk["flags"]["steps_per_epoch"] == 5
+    assert on_disk["flags"]["dense_layers"] == ["fc3"]
+    # Uniform: every layer at 80%, but fc3 kept dense.
+    assert results["layer_sparsity"] == pytest.approx(
+        {"fc1": 0.8, "fc2": 0.8, "fc3": 0.0}, abs=1e-4)
+
+
+def test_same_seed_same_run(tmp_path):
+    first = _run_mock(tmp_path, method="rigl", update_freq=2, seed=3)
+    second = _run_mock(tmp_path, method="rigl", update_freq=2, seed=3)
+    assert first["history"]["loss"] == second["history"]["loss"]
+    assert first["test_loss"] == second["test_loss"]
+
+
+def test_lenet5_with_adam_and_er(tmp_path):
+    results = _run_mock(tmp_path, model="lenet5", optimizer="adam",
+                        distribution="er", lr_schedule="constant")
+    assert set(results["layer_sparsity"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert results["flags"]["learning_rate"] is None  # Adam's default 1e-3.
+
+
+def test_tiny_wrn_on_cifar10_with_augmentation(tmp_path):
+    results = _run_mock(
+        tmp_path, dataset="cifar10", model="wrn_22_2", wrn_depth=10,
+        wrn_width=1, augment=True, lr_schedule="step", num_examples=48,
+        batch_size=8, steps_per_epoch=3, weight_decay=5e-4,
+    )
+    assert results["dataset"]["input_shape"] == [32, 32, 3]
+    assert len(results["layer_sparsity"]) == 1 + 6 + 2 + 1
+    assert results["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert np.isfinite(results["test_loss"])
+
+
+def test_learning_rate_schedules():
+    config = train_lib.TrainConfig(lr_schedule="step", learning_rate=0.5)
+    schedule = train_lib._learning_rate(config, 100)
+    values = [float(schedule(s)) for s in (0, 29, 31, 61, 81)]
+    assert values == pytest.approx([0.5, 0.5, 0.1, 0.02, 0.004])
+    cosine = train_lib._learning_rate(train_lib.TrainConfig(), 100)
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(0.05)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+    adam = train_lib.TrainConfig(optimizer="adam", lr_schedule="constant")
+    assert train_lib._learning_rate(adam, 100) == 1e-3
+
+
+# ----------------------------------------------------------------------
+# TensorBoard and exports.
+
+
+def _scalars(logdir):
+    found = {}
+    for path in glob.glob(os.path.join(logdir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found.setdefault(value.tag, []).append(
+                        float(tf.make_ndarray(value.tensor)))
+    return found
+
+
+def test_tensorboard_has_loss_sparsity_and_drop_fraction(tmp_path):
+    _require_tensorboard()
+    logdir = str(tmp_path / "tb")
+    results = _run_mock(tmp_path, method="rigl", logdir=logdir, epochs=2,
+                        steps_per_epoch=3, update_freq=2, results_json=None)
+    scalars = _scalars(logdir)
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_sparsity",
+                "epoch_drop_fraction", "epoch_learning_rate"):
+        assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))
+    assert scalars["epoch_sparsity"] == pytest.approx([0.9, 0.9], abs=1e-4)
+    assert scalars["epoch_drop_fraction"] == pytest.approx(
+        results["history"]["drop_fraction"])
+    # Without --results_json the JSON goes next to the TensorBoard logs.
+    assert results["results_json"] == os.path.join(os.path.abspath(logdir), "results.json")
+    assert os.path.exists(results["results_json"])
+
+
+def test_logdir_without_tensorboard_is_a_usage_error(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        train_lib.importlib.util, "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    config = train_lib.TrainConfig(logdir=str(tmp_path), **TINY)
+    with pytest.raises(train_lib.UsageError, match="pip install tensorboard"):
+        train_lib.train(config)
+
+
+def test_export_saved_model_and_tflite(tmp_path):
+    export_dir = tmp_path / "saved"
+    tflite = tmp_path / "m.tflite"
+    results = _run_mock(tmp_path, method="rigl", export_dir=str(export_dir),
+                        tflite_path=str(tflite))
+    assert (export_dir / "saved_model.pb").exists()
+    assert tflite.stat().st_size > 0
+    assert results["export_dir"] == str(export_dir)
+    loaded = tf.saved_model.load(str(export_dir))
+    assert "serving_default" in loaded.signatures
+    config = train_lib.TrainConfig(export_dir=str(export_dir), **TINY)
+    with pytest.raises(train_lib.UsageError, match="--overwrite"):
+        train_lib.train(config)
+
+
+# ----------------------------------------------------------------------
+# Errors: flags, config, missing data.
+
+
+def _parse(*args):
+    flag_values = flags.FlagValues()
+    train_lib.define_flags(flag_values)
+    flag_values(["rigl-train", *args])
+    return train_lib.config_from_flags(flag_values)
+
+
+def test_flags_map_to_config():
+    config = _parse("--method=snfs", "--model=lenet5", "--sparsity=0.8",
+                    "--dense_layers=conv1,fc2", "--steps_per_epoch=7")
+    assert config.method == "snfs" and config.model == "lenet5"
+    assert config.sparsity == 0.8 and config.dense_layers == ("conv1", "fc2")
+    assert config.steps_per_epoch == 7
+    defaults = _parse()
+    assert (defaults.dataset, defaults.model, defaults.method,
+            defaults.sparsity, defaults.distribution) == (
+                "mnist", "lenet300_100", "rigl", 0.9, "erk")
+    assert defaults.data_dir is None  # TFDS's own default (TFDS_DATA_DIR).
+    assert defaults == train_lib.TrainConfig()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--method=sparse_magic", "value should be one of <dense|small_dense|"),
+        ("--model=resnet50", "value should be one of <lenet300_100|lenet5|wrn_22_2>"),
+        ("--distribution=random", "value should be one of <uniform|er|erk>"),
+        ("--sparsity=1.5", r"--sparsity must be in \[0, 1\)"),
+        ("--sparsity=-0.1", r"--sparsity must be in \[0, 1\)"),
+        ("--end_fraction=0", r"--end_fraction must be in \(0, 1\]"),
+        ("--epochs=0", "epochs"),
+    ],
+)
+def test_bad_flags_are_rejected_clearly(flag, message):
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        _parse(flag)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sparsity": 1.0}, r"`sparsity` must be a number in \[0, 1\).*Received: sparsity=1.0"),
+        ({"method": "magic"}, "`method` must be one of"),
+        ({"wrn_depth": 20}, "Received: wrn_depth=20"),
+        ({"learning_rate": 0.0}, "Received: learning_rate=0.0"),
+        ({"steps_per_epoch": 0}, "Received: steps_per_epoch=0"),
+    ],
+)
+def test_bad_config_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train_lib.TrainConfig(**kwargs)
+
+
+def test_missing_dataset_names_data_dir_and_env_var(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = train_lib.TrainConfig(data_dir=str(empty), **TINY)
+    with pytest.raises(data.DatasetUnavailableError) as info:
+        train_lib.train(config)
+    message = str(info.value)
+    assert "--data_dir" in message and "TFDS_DATA_DIR" in message
+    assert str(empty) in message and "'mnist'" in message
+    with pytest.raises(data.DatasetError, match="no dataset named 'no_such_set'"):
+        train_lib.train(train_lib.TrainConfig(dataset="no_such_set", **TINY))
+
+
+def test_cli_missing_dataset_is_one_clear_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "rigl_keras.train", f"--data_dir={empty}",
+         "--epochs=1", "--steps_per_epoch=1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env=_subprocess_env(),
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    error_lines = [l for l in result.stderr.splitlines() if "rigl_keras.train: error" in l]
+    assert len(error_lines) == 1, result.stderr[-3000:]
+    assert "--data_dir" in error_lines[0] and "TFDS_DATA_DIR" in error_lines[0]
+    assert not (tmp_path / "results.json").exists()
+
+
+# ----------------------------------------------------------------------
+# Input pipeline.
+
+
+def test_load_dataset_batches_floats_in_unit_range():
+    with tfds.testing.mock_data(num_examples=20):
+        ds = data.load_dataset("mnist", "train", batch_size=8, seed=1)
+        batches = list(ds)
+        info = data.dataset_info("mnist")
+    assert [int(b[0].shape[0]) for b in batches] == [8, 8, 4]
+    images, labels = batches[0]
+    assert images.dtype == tf.float32 and tuple(images.shape[1:]) == (28, 28, 1)
+    assert labels.dtype == tf.int64
+    assert float(tf.reduce_min(images)) >= 0.0 and float(tf.reduce_max(images)) <= 1.0
+    assert (info.input_shape, info.num_classes) == ((28, 28, 1), 10)
+
+
+def test_augment_is_a_shifted_window_maybe_flipped():
+    image = tf.reshape(tf.range(6 * 5 * 2, dtype=tf.float32) + 1.0, (6, 5, 2))
+    padded = np.pad(image.numpy(), ((4, 4), (4, 4), (0, 0)))
+    seen_flip = set()
+    for index in range(20):
+        out = data._augment(image, tf.constant([0, index], tf.int64)).numpy()
+        assert out.shape == (6, 5, 2)
+        matches = [
+            (dy, dx, flip)
+            for dy in range(9) for dx in range(9) for flip in (False, True)
+            if np.array_equal(
+                out, (padded[dy:dy + 6, dx:dx + 5][:, ::-1] if flip
+                      else padded[dy:dy + 6, dx:dx + 5]))
+        ]
+        assert matches, index
+        seen_flip.add(matches[0][2])
+        again = data._augment(image, tf.constant([0, index], tf.int64)).numpy()
+        np.testing.assert_array_equal(out, again)  # Stateless: reproducible.
+    assert seen_flip == {False, True}
+
+
+# ----------------------------------------------------------------------
+# Real data and the entry point.
+
+
+def test_rigl_lenet300_100_on_real_mnist(tmp_path):
+    data_dir = _require_real_mnist()
+    results = train_lib.train(train_lib.TrainConfig(
+        data_dir=data_dir, epochs=1, steps_per_epoch=300, update_freq=50,
+        verbose=0, results_json=str(tmp_path / "r.json")))
+    assert results["dataset"]["train_examples"] == 60_000
+    assert results["test_accuracy"] > 0.85, results["test_accuracy"]
+    assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert results["history"]["drop_fraction"][-1] > 0.0
+
+
+def test_cli_entry_point_runs(tmp_path):
+    data_dir = _require_real_mnist()
+    result = subprocess.run(
+        [sys.executable, "-m", "rigl_keras.train", f"--data_dir={data_dir}",
+         "--epochs=1", "--steps_per_epoch=5", "--batch_size=16", "--verbose=2",
+         "--results_json=run/results.json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env=_subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    path = tmp_path / "run" / "results.json"
+    results = json.loads(path.read_text())
+    lines = result.stdout.splitlines()
+    labels = ("test accuracy", "test loss", "sparsity", "train FLOPs",
+              "inference FLOPs", "wall time", "results JSON")
+    rows = {label: next(l for l in lines if l.startswith(label + " "))
+            for label in labels}
+    # Aligned: every value starts in the same column.
+    columns = {len(row) - len(row[len(label):].lstrip()) for label, row in rows.items()}
+    assert len(columns) == 1, rows
+    assert rows["results JSON"].endswith(str(path))
+    assert f"{results['test_accuracy']:.4f}" in rows["test accuracy"]
+    assert any(l.strip().startswith("fc1 ") for l in lines)
+    assert results["flags"]["method"] == "rigl"
+    # setup.py's console script points at this entry point.
+    assert "rigl-train=rigl_keras.train:run" in (ROOT / "setup.py").read_text()
+    assert callable(train_lib.run)

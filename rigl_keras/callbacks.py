@@ -504,6 +504,7 @@ class RigLCallback(MaskCallback):
         self.grow_init = grow_init
         self.seed = seed
         self._record_step = None
+        self._update_function = None
 
     # ------------------------------------------------------------------
     # Serialization.
@@ -549,7 +550,8 @@ class RigLCallback(MaskCallback):
         super().on_epoch_begin(epoch, logs)
 
     def on_train_end(self, logs=None):
-        self._detach_recorders()
+        if self._record_step is not None:
+            self._record_step.assign(-1)  # record nothing outside this fit()
 
     # ------------------------------------------------------------------
     # Start of training.
@@ -560,6 +562,9 @@ class RigLCallback(MaskCallback):
         self._resolved_schedule = None
         self._drop_fraction_now = 0.0
         self._churn = {}
+        if [id(l) for l in self._layers] != getattr(self, "_update_layer_ids", None):
+            self._update_function = None  # traced for other layers
+            self._update_layer_ids = [id(l) for l in self._layers]
         self._initialize_masks()
         self._ever_active = {
             layer.name: np.asarray(layer.mask) > 0 for layer in self._layers
@@ -609,7 +614,8 @@ class RigLCallback(MaskCallback):
             return
         self._attach_recorders()
         self._schedule_next_update(self._epoch_start_step)
-        self._build_update_function()
+        if self._update_function is None:
+            self._build_update_function()
 
     def _next_step_after(self, step):
         return _next_update_step(step, self.begin_step, self._end_step, self.update_freq)
@@ -639,8 +645,18 @@ class RigLCallback(MaskCallback):
     # Dense-gradient recording.
 
     def _attach_recorders(self):
-        self._record_step = None
+        """Gives every masked layer a dense-gradient recorder.
+
+        Recorders stay attached between fit() calls of this callback, so a
+        second fit() reuses the train function Keras already traced with
+        them; a first attachment makes Keras trace a fresh one.
+        """
         if not self.updater.uses_gradient:
+            return
+        if self._record_step is not None and all(
+            layer.recorder is not None and layer.recorder.record_step is self._record_step
+            for layer in self._layers
+        ):
             return
         momentum = _SNFS_MOMENTUM if isinstance(self.updater, updaters.SNFS) else None
         with self._strategy.scope():
@@ -652,15 +668,21 @@ class RigLCallback(MaskCallback):
                     self._record_step,
                     momentum=momentum,
                 )
-        # The train function was traced (or will be reused) without the
+        # The train function was traced (or would be reused) without the
         # recorders: make Keras build a fresh one that records.
         self.model.make_train_function(force=True)
 
-    def _detach_recorders(self):
+    def detach(self):
+        """Removes the recorders from the layers (training keeps working).
+
+        Call it to free the recorders' memory (one float32 copy of every
+        kernel) once training with this callback is over for good.
+        """
         attached = False
         for layer in self._layers:
             attached = attached or layer.recorder is not None
             layer.recorder = None
+        self._record_step = None
         if attached:
             self.model.train_function = None
 

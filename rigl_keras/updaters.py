@@ -214,9 +214,12 @@ class MaskUpdater:
         n_replace = floor_count(drop_fraction, nnz)
 
         drop_scores = self.drop_scores(kernel, mask, gradient, seeds[0])
-        kept = select_top_k(
-            drop_scores, active, tf.cast(nnz, tf.int32) - n_replace, seeds[1]
+        # Selecting the n to drop (rather than the nnz - n to keep) keeps
+        # top_k's k small: it costs O(N log k).
+        to_drop = select_top_k(
+            -tf.cast(drop_scores, tf.float32), active, n_replace, seeds[1]
         )
+        kept = tf.logical_and(active, tf.logical_not(to_drop))
         grow_scores = self.grow_scores(kernel, mask, gradient, seeds[2])
         grown_any = select_top_k(grow_scores, tf.logical_not(kept), n_replace, seeds[3])
 

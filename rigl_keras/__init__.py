@@ -15,6 +15,7 @@ from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
 from rigl_keras.callbacks import RigLCallback
+from rigl_keras.custom_loop import CustomLoop
 from rigl_keras.distributions import sparsity_distribution
 from rigl_keras.export import export_saved_model
 from rigl_keras.export import export_tflite
@@ -29,6 +30,7 @@ from rigl_keras.report import sparsity_report
 __version__ = "0.1.0"
 
 __all__ = [
+    "CustomLoop",
     "GradualPruningCallback",
     "MaskedConv2D",
     "MaskedDense",

@@ -194,6 +194,7 @@ class MaskCallback(keras.callbacks.Callback):
         self.erk_power_scale = float(erk_power_scale)
         self.verbose = int(verbose)
         self._bound_model = None
+        self._custom_loop_optimizer = None  # set by rigl_keras.CustomLoop
         self._warned_non_finite = set()
         self._layers = []
         self._targets = {}
@@ -248,7 +249,12 @@ class MaskCallback(keras.callbacks.Callback):
                 "Dense / Conv2D to train it sparse."
             )
         self._strategy = model.distribute_strategy
-        self._optimizer = model.optimizer
+        self._optimizer = self._custom_loop_optimizer or model.optimizer
+        if self._optimizer is None:
+            raise ValueError(
+                f"Model '{model.name}' has no optimizer: compile it, or pass "
+                "the optimizer to rigl_keras.CustomLoop."
+            )
         if not self._optimizer.built:
             self._optimizer.build(model.trainable_variables)
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
@@ -669,8 +675,10 @@ class RigLCallback(MaskCallback):
                     momentum=momentum,
                 )
         # The train function was traced (or would be reused) without the
-        # recorders: make Keras build a fresh one that records.
-        self.model.make_train_function(force=True)
+        # recorders: make Keras build a fresh one that records. (A custom
+        # loop traces its own step after CustomLoop.begin().)
+        if self._custom_loop_optimizer is None:
+            self.model.make_train_function(force=True)
 
     def detach(self):
         """Removes the recorders from the layers (training keeps working).

@@ -358,8 +358,17 @@ class MaskCallback(keras.callbacks.Callback):
                 "dataset of unknown length?). Pass `end_step`, or "
                 "`steps_per_epoch` to fit()."
             )
-        fit_start = self._epoch_start_step - epoch * steps
-        end_step = fit_start + int(_DEFAULT_END_FRACTION * steps * epochs)
+        # With `gradient_accumulation_steps` k the optimizer steps (and
+        # `iterations` counts) once every k batches.
+        base = optimizer_state._base_optimizer(self._optimizer)  # pylint: disable=protected-access
+        accumulation = int(getattr(base, "gradient_accumulation_steps", None) or 1)
+        batch_start = self._epoch_start_step
+        if accumulation > 1:
+            batch_start = _read_step(base._iterations)  # pylint: disable=protected-access
+        fit_start = (batch_start - epoch * steps) // accumulation
+        end_step = fit_start + int(
+            _DEFAULT_END_FRACTION * (steps * epochs // accumulation)
+        )
         end_step -= end_step % self._steps_per_execution
         return end_step if end_step > self.begin_step else None
 
@@ -579,6 +588,14 @@ class RigLCallback(MaskCallback):
     def _initialize_masks(self):
         shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
         zeros = distributions.layer_zero_counts(shapes, self._targets)
+        # A model trained dense before keeps optimizer state (momentum, EMA,
+        # ...) at the positions masked out now, which would move them off
+        # zero at the next step: reset it there (a no-op on a fresh state).
+        try:
+            optimizer_state.check_optimizer_supported(self._optimizer)
+            reset_state = True
+        except ValueError:  # Allowed for static training (update_freq=None).
+            reset_state = False
         with self._strategy.scope():
             for layer in self._layers:
                 mask = np.asarray(layer.mask)
@@ -598,6 +615,12 @@ class RigLCallback(MaskCallback):
                         stacklevel=2,
                     )
                 layer.apply_mask()
+                if reset_state:
+                    optimizer_state.reset_optimizer_state(
+                        self._optimizer,
+                        layer.kernel,
+                        tf.constant(np.asarray(layer.mask) == 0),
+                    )
 
     def _start_window(self, epoch):
         """Resolves end_step and the schedule at the first epoch of `fit`."""
@@ -663,14 +686,24 @@ class RigLCallback(MaskCallback):
             layer.recorder is not None and layer.recorder.record_step is self._record_step
             for layer in self._layers
         ):
+            # A fit() interrupted between a recording step and its update
+            # (an exception in an earlier callback) left a gradient behind
+            # that the next recording would add to.
+            with self._strategy.scope():
+                for layer in self._layers:
+                    if layer.recorder.momentum is None:
+                        layer.recorder.reset()
             return
         momentum = _SNFS_MOMENTUM if isinstance(self.updater, updaters.SNFS) else None
+        optimizer = self._optimizer
         with self._strategy.scope():
             self._record_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
             for layer in self._layers:
                 layer.recorder = layers_lib.DenseGradientRecorder(
                     tuple(layer.kernel.shape),
-                    self._optimizer.iterations,
+                    # Re-read in the graph: with gradient_accumulation_steps
+                    # `iterations` is a tensor computed from the raw counter.
+                    lambda: optimizer.iterations,
                     self._record_step,
                     momentum=momentum,
                 )
@@ -747,6 +780,13 @@ class RigLCallback(MaskCallback):
     def _update_masks(self, step):
         fraction = float(self._resolved_schedule(step))
         self._drop_fraction_now = fraction
+        if fraction <= 0.0:  # nothing to replace (the cosine at end_step)
+            with self._strategy.scope():
+                for layer in self._layers:
+                    if layer.recorder is not None and layer.recorder.momentum is None:
+                        layer.recorder.reset()
+            self._churn = {layer.name: 0.0 for layer in self._sparse_layers()}
+            return
         with self._strategy.scope():
             results = self._update_function(
                 tf.constant(fraction, tf.float64), tf.constant(step, tf.int64)

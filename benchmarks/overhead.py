@@ -31,23 +31,30 @@ Three numbers are recorded for each timed `fit`:
   `on_train_end`). This is what a user pays, including per-`fit` set-up:
   RigL retraces the train function at the start of every `fit` (to attach
   its gradient recorders) and traces its update function at the first
-  update. It leaves out the set-up and tear-down of the `tf.data` iterator,
-  the same for every variant, whose destruction at the return of `fit` was
-  seen to take from 0 to over 1 s at random on a loaded machine (enough to
-  swamp a 1 s LeNet fit); the whole call is kept as `outer_seconds`.
+  update. It leaves out the creation and destruction of the `tf.data`
+  iterator, the same for every variant (with tf.data autotuning on, the
+  destruction was seen to wait 0.1 s to 10 s for the autotuner's next
+  wake-up; the dataset here has autotuning off); the whole call is kept as
+  `outer_seconds`.
 * `steady`: wall time of epochs 2..E per step (an epoch-level timing
   callback, which leaves Keras' callback dispatch as it is): the per-step
   cost of a long run, where per-`fit` set-up is amortized. With the default
   flags RigL's first update (and its tracing) falls in epoch 1 and two
   ordinary updates fall in epochs 2..E.
-* `cpu`: process CPU time (all threads) of the whole `fit` per step, less
-  sensitive than wall time to other processes on a shared machine.
+* `cpu`: process CPU time (all threads) per step over the same span as
+  `fit`, less sensitive than wall time to other processes on a shared
+  machine.
+
+`per-fit set-up` in the table is the median of `fit` time minus `steps`
+times the steady step time: add it once per `fit` call to extrapolate to
+longer runs.
 
 Usage:
 
     python benchmarks/overhead.py --repeats 7
     python benchmarks/overhead.py --models cnn --steps 200 --epochs 2 \
         --variants plain,plain_sync,static,rigl --output /tmp/overhead.json
+    python benchmarks/overhead.py --jit_compile true --output /tmp/xla.json
 
 The JSON written to `--output` (default `benchmarks/results/overhead.json`)
 holds the command, the date, machine facts (with load averages, as the
@@ -158,19 +165,29 @@ def make_dataset(name, num_examples, batch_size, seed):
         seed: NumPy seed of the data.
 
     Returns:
-        A `tf.data.Dataset` of `(x, y)` batches with integer labels in [0, 10).
+        A `tf.data.Dataset` of `(x, y)` batches with integer labels in
+        [0, 10), prefetching 2 batches, with tf.data autotuning off.
     """
     rng = np.random.default_rng(seed)
     shape = (784,) if name == "lenet300_100" else (28, 28, 1)
     x = rng.random((num_examples,) + shape, dtype=np.float32)
     y = rng.integers(0, 10, size=num_examples).astype(np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    return dataset.batch(batch_size, drop_remainder=True).repeat().prefetch(2)
+    dataset = dataset.batch(batch_size, drop_remainder=True).repeat().prefetch(2)
+    # With autotuning on, destroying the iterator at the end of `fit`
+    # sometimes waits for the autotuner's next (exponentially spaced)
+    # wake-up: 0.1 s to 10 s of noise in the length of a `fit` call.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 class _NoOpBatchCallback(keras.callbacks.Callback):
-    """Does nothing per batch, but its mere `on_train_batch_end` turns off
-    Keras' asynchronous batch-callback dispatch, as `RigLCallback`'s does."""
+    """An empty `on_train_batch_end`, for the `plain_sync` variant.
+
+    Its mere presence turns off Keras' asynchronous batch-callback dispatch,
+    as `RigLCallback`'s `on_train_batch_end` does.
+    """
 
     def on_train_batch_end(self, batch, logs=None):
         pass
@@ -219,13 +236,14 @@ class _TrainTimer(keras.callbacks.Callback):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
 
-def _compiled_model(name, variant, learning_rate, seed):
+def _compiled_model(name, variant, learning_rate, seed, jit_compile="auto"):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = build_model(name, variant)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
     )
     return model
 
@@ -242,15 +260,18 @@ def time_variant(name, variant, dataset, config):
     Returns:
         A dict with `fit_seconds` and `cpu_seconds` (from `on_train_begin`
         to `on_train_end` of the timed fit), `outer_seconds` (the whole
-        `model.fit` call), `epoch_seconds` (list), `warmup_seconds`, `sparsity` (the masked kernels' final sparsity, or
-        0.0), `jit_compile`, `num_params` and `load_average` (1 minute, at
-        the end of the timed fit).
+        `model.fit` call), `epoch_seconds` (list), `warmup_seconds`,
+        `sparsity` (the masked kernels' final sparsity, or 0.0),
+        `jit_compile`, `num_params` and `load_average` (1 minute, at the end
+        of the timed fit).
     """
-    model = _compiled_model(name, variant, config.learning_rate, config.seed)
+    model = _compiled_model(
+        name, variant, config.learning_rate, config.seed, config.jit_compile
+    )
     # The same callback object serves the warm-up and the timed fit, as in a
     # user's repeated `fit` calls; its masks are set in the warm-up.
     callbacks = _callbacks(variant, config.sparsity, config.update_freq, config.seed)
-    start = time.perf_counter()
+    warmup = time.perf_counter()
     model.fit(
         dataset,
         epochs=1,
@@ -259,7 +280,7 @@ def time_variant(name, variant, dataset, config):
         shuffle=False,
         verbose=0,
     )
-    warmup = time.perf_counter() - start
+    warmup = time.perf_counter() - warmup
     start, timer = _TrainStart(), _TrainTimer()
     steps_per_epoch = config.steps // config.epochs
     gc.collect()
@@ -574,6 +595,10 @@ def parse_args(argv=None):
     parser.add_argument("--update_freq", type=_positive_int, default=100,
                         help="RigL's ΔT in optimizer steps")
     parser.add_argument("--learning_rate", type=float, default=0.01)
+    parser.add_argument("--jit_compile", choices=("auto", "true", "false"),
+                        default="auto",
+                        help="model.compile(jit_compile=...); Keras' 'auto' "
+                             "means no XLA on a CPU-only machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(_DEFAULT_OUTPUT),
                         help="JSON file to write; '' to write none")
@@ -582,6 +607,7 @@ def parse_args(argv=None):
         parser.error(f"--steps ({config.steps}) must be >= --epochs ({config.epochs})")
     if not 0.0 <= config.sparsity < 1.0:
         parser.error(f"--sparsity must be in [0, 1), got {config.sparsity}")
+    config.jit_compile = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
     return config
 
 
@@ -648,13 +674,15 @@ def run(config):
             "warmup_steps": config.warmup_steps,
             "batch_size": config.batch_size,
             "num_examples": config.num_examples,
-            "data": "synthetic, uniform [0, 1) inputs of MNIST shapes, 10 classes",
+            "data": "synthetic, uniform [0, 1) inputs of MNIST shapes, 10 classes; "
+                    "tf.data prefetch(2), autotune off",
             "optimizer": f"SGD(learning_rate={config.learning_rate}, momentum=0.9)",
             "sparsity": config.sparsity,
             "distribution": "erk",
             "update_freq": config.update_freq,
             "first_update_in_first_epoch": _first_update_in_first_epoch(config),
             "seed": config.seed,
+            "jit_compile": config.jit_compile,
             "order": "variants interleaved within each repetition, order rotated "
                      "by one per repetition",
         },

@@ -45,6 +45,13 @@ from rigl_keras import callbacks as callbacks_lib
 __all__ = ["CustomLoop"]
 
 
+def _is_multi_worker(strategy):
+    """Whether `strategy` has replicas in other processes than this one."""
+    if strategy.num_replicas_in_sync == 1:
+        return False
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
 class CustomLoop:
     """Runs a `RigLCallback` or `GradualPruningCallback` without `fit`.
 
@@ -60,8 +67,9 @@ class CustomLoop:
             `begin_step` must be multiples of it.
 
     Raises:
-        ValueError: If `callback` is not a mask callback, has no `end_step`,
-            or there is no optimizer.
+        ValueError: If `callback` is not a mask callback, has no `end_step`
+            or, under a multi-worker strategy, no `seed`; if there is no
+            optimizer; or if `steps_per_call` is not an integer >= 1.
 
     Example:
 
@@ -92,10 +100,22 @@ class CustomLoop:
                 f"Pass the optimizer: model '{model.name}' has none. "
                 "Received: optimizer=None"
             )
-        if not isinstance(steps_per_call, int) or steps_per_call < 1:
+        if (
+            not isinstance(steps_per_call, int)
+            or isinstance(steps_per_call, bool)
+            or steps_per_call < 1
+        ):
             raise ValueError(
                 "`steps_per_call` must be an integer >= 1. "
                 f"Received: steps_per_call={steps_per_call!r}"
+            )
+        if getattr(callback, "seed", 0) is None and _is_multi_worker(
+            model.distribute_strategy
+        ):
+            raise ValueError(
+                "Under a multi-worker strategy pass the same integer `seed` "
+                "to the callback on every worker: each worker draws the "
+                "initial masks itself. Received: seed=None"
             )
         self.callback = callback
         self.model = model
@@ -109,14 +129,33 @@ class CustomLoop:
     def begin(self):
         """Initializes masks and recorders. Call before tracing the step."""
         if not self.optimizer.built:
-            self.optimizer.build(self.model.trainable_variables)
+            # Slot variables must be created in the strategy's scope
+            # (MultiWorkerMirroredStrategy and MirroredStrategy require it).
+            with self.model.distribute_strategy.scope():
+                self.optimizer.build(self.model.trainable_variables)
+        # The callback checks `update_freq` and `begin_step` against the
+        # model's steps_per_execution; lend it steps_per_call for that check
+        # and leave the model's own setting (used by fit) as it was.
+        previous = getattr(self.model, "steps_per_execution", 1)
         self.model.steps_per_execution = self.steps_per_call
-        self.callback.on_train_begin()
+        try:
+            self.callback.on_train_begin()
+        finally:
+            self.model.steps_per_execution = previous
         self.callback.on_epoch_begin(0)
         self._begun = True
 
     def step(self):
-        """Updates the masks if the optimizer step just taken is due one."""
+        """Updates the masks if the optimizer step just taken is due one.
+
+        Call it after every call of your train step (eagerly, outside any
+        `tf.function`), so that no update step is skipped.
+
+        Raises:
+            RuntimeError: If `begin()` was not called.
+            ValueError: If an update step fell inside one call of several
+                optimizer steps (see `steps_per_call`).
+        """
         if not self._begun:
             raise RuntimeError("Call CustomLoop.begin() before the first step().")
         done = callbacks_lib._read_step(self.optimizer.iterations)  # pylint: disable=protected-access

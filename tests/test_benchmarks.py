@@ -11,7 +11,10 @@ import json
 import math
 import pathlib
 
+import keras
 import pytest
+
+import rigl_keras
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SCRIPT = _ROOT / "benchmarks" / "overhead.py"
@@ -85,6 +88,7 @@ def test_report_config_and_machine(tiny_report):
     assert (config["repeats"], config["steps"], config["epochs"]) == (1, 4, 2)
     assert config["steps_per_epoch"] == 2
     assert config["update_freq"] == 2 and config["sparsity"] == 0.9
+    assert config["jit_compile"] == "auto"
     machine = report["machine"]
     for key in ("cpu_model", "nproc", "memory_gib", "python", "tensorflow",
                 "keras", "numpy", "env", "load_average_before"):
@@ -217,6 +221,7 @@ def test_summarize_custom_targets_and_markdown_verdicts():
         ["--repeats", "0"],
         ["--steps", "1", "--epochs", "2"],
         ["--sparsity", "1.0"],
+        ["--jit_compile", "yes"],
     ],
 )
 def test_parse_args_rejects_bad_values(argv):
@@ -231,3 +236,26 @@ def test_parse_args_defaults():
     assert (config.repeats, config.batch_size, config.update_freq) == (7, 128, 100)
     assert config.num_examples == 128 * 200
     assert config.output.endswith("benchmarks/results/overhead.json")
+    assert config.jit_compile == "auto"
+    assert overhead.parse_args(["--jit_compile", "true"]).jit_compile is True
+
+
+def test_variants_use_the_intended_layers_and_callbacks():
+    for variant in ("plain", "plain_sync"):
+        model = overhead.build_model("cnn", variant)
+        assert not rigl_keras.masked_layers(model)
+        assert sum(isinstance(l, keras.layers.Conv2D) for l in model.layers) == 2
+    for variant in ("static", "rigl"):
+        model = overhead.build_model("lenet300_100", variant)
+        assert [l.name for l in rigl_keras.masked_layers(model)] == ["fc1", "fc2", "fc3"]
+    assert overhead._callbacks("plain", 0.9, 100, 0) == []
+    (sync,) = overhead._callbacks("plain_sync", 0.9, 100, 0)
+    assert type(sync).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
+    (static,) = overhead._callbacks("static", 0.9, 100, 0)
+    (rigl,) = overhead._callbacks("rigl", 0.9, 100, 0)
+    assert static.update_freq is None and rigl.update_freq == 100
+    assert static.sparsity == rigl.sparsity == 0.9
+    with pytest.raises(ValueError, match="variant"):
+        overhead.build_model("cnn", "dense")
+    with pytest.raises(ValueError, match="name"):
+        overhead.build_model("resnet", "plain")

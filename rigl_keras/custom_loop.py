@@ -121,8 +121,10 @@ class CustomLoop:
         self.model = model
         self.optimizer = optimizer
         self.steps_per_call = steps_per_call
-        callback._custom_loop_optimizer = optimizer  # pylint: disable=protected-access
+        # set_model first: it raises for a callback bound to another model,
+        # which must then keep driving that model with its own optimizer.
         callback.set_model(model)
+        callback._custom_loop_optimizer = optimizer  # pylint: disable=protected-access
         callback.set_params({"steps": None, "epochs": 1, "verbose": 0})
         self._begun = False
 

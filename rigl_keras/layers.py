@@ -49,7 +49,10 @@ class DenseGradientRecorder:
 
     Args:
         shape: The kernel's shape.
-        step_counter: The optimizer's `iterations` variable.
+        step_counter: The optimizer's `iterations` variable, or a callable
+            returning the current step (needed with
+            `gradient_accumulation_steps`, where `iterations` is a tensor
+            computed from the raw counter and must be re-read in the graph).
         record_step: An int64 `tf.Variable` holding the optimizer step whose
             gradient should be recorded (`-1` for none).
         momentum: `None` to record on `record_step` only; a float in
@@ -89,19 +92,29 @@ class DenseGradientRecorder:
 
     def should_record(self):
         """Returns a boolean tensor: is the current step a recording step?"""
-        step = tf.cast(_value(self.step_counter), tf.int64) + 1
+        counter = self.step_counter
+        if callable(counter):
+            counter = counter()
+        step = tf.cast(_value(counter), tf.int64) + 1
         return tf.equal(step, tf.cast(_value(self.record_step), tf.int64))
 
     def maybe_record(self, grad):
         """Adds `grad` to the stored gradient if this is a recording step.
 
-        With `momentum` set, updates the moving average instead, every step.
+        With `momentum` set, updates the moving average instead, every step,
+        except on steps whose gradient is not finite (steps a
+        `LossScaleOptimizer` skips on overflow): one of those would poison
+        the average for good.
         """
         if self.momentum is not None:
             grad = tf.cast(grad, tf.float32)
+            average = self.gradient.read_value()
             self.gradient.assign(
-                self.momentum * self.gradient.read_value()
-                + (1.0 - self.momentum) * grad
+                tf.where(
+                    tf.reduce_all(tf.math.is_finite(grad)),
+                    self.momentum * average + (1.0 - self.momentum) * grad,
+                    average,
+                )
             )
             return tf.constant(True)
 

@@ -83,17 +83,26 @@ def select_top_k(scores, eligible, k, seed):
     flat_scores = tf.reshape(tf.cast(scores, tf.float32), [-1])
     flat_eligible = tf.reshape(eligible, [-1])
     size = tf.size(flat_scores)
-    # top_k returns equal values in index order; visiting positions in a
-    # seeded random permutation turns that into a random tie-break.
-    order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=seed)
     candidates = tf.where(
         flat_eligible, flat_scores, tf.fill([size], -float("inf"))
     )
-    _, picked = tf.math.top_k(tf.gather(candidates, order), k=k, sorted=False)
-    positions = tf.gather(order, picked)
-    chosen = tf.scatter_nd(
-        positions[:, tf.newaxis], tf.ones_like(positions, tf.bool), [size]
+    # Everything strictly above the k-th largest score is chosen; among the
+    # positions tied at that score, the rest are drawn by seeded random keys.
+    # Only sequential passes and top_k: no permutation of the whole tensor.
+    top_values, _ = tf.math.top_k(candidates, k=k, sorted=False)
+    threshold = tf.reduce_min(top_values)  # +inf when k == 0: nothing above
+    above = candidates > threshold
+    tied = tf.logical_and(flat_eligible, tf.equal(candidates, threshold))
+    missing = k - tf.reduce_sum(tf.cast(above, tf.int32))
+    keys = tf.random.stateless_uniform(
+        [size], seed=seed, minval=None, maxval=None, dtype=tf.int64
     )
+    tie_keys = tf.where(tied, keys, tf.fill([size], tf.int64.min))
+    _, tie_picks = tf.math.top_k(tie_keys, k=missing, sorted=False)
+    picked_ties = tf.scatter_nd(
+        tie_picks[:, tf.newaxis], tf.ones_like(tie_picks, tf.bool), [size]
+    )
+    chosen = tf.logical_or(above, picked_ties)
     return tf.reshape(chosen, tf.shape(scores))
 
 

@@ -567,6 +567,8 @@ class RigLCallback(MaskCallback):
     def on_train_end(self, logs=None):
         if self._record_step is not None:
             self._record_step.assign(-1)  # record nothing outside this fit()
+        if getattr(self, "_train_functions", None):
+            self._use_train_function("never")
 
     # ------------------------------------------------------------------
     # Start of training.
@@ -693,6 +695,8 @@ class RigLCallback(MaskCallback):
                 for layer in self._layers:
                     if layer.recorder.momentum is None:
                         layer.recorder.reset()
+            if getattr(self, "_train_functions", None):
+                self._use_train_function("never")
             return
         momentum = _SNFS_MOMENTUM if isinstance(self.updater, updaters.SNFS) else None
         optimizer = self._optimizer
@@ -708,10 +712,48 @@ class RigLCallback(MaskCallback):
                     momentum=momentum,
                 )
         # The train function was traced (or would be reused) without the
-        # recorders: make Keras build a fresh one that records. (A custom
-        # loop traces its own step after CustomLoop.begin().)
-        if self._custom_loop_optimizer is None:
+        # recorders: make Keras build fresh ones. (A custom loop traces its
+        # own step after CustomLoop.begin().)
+        self._train_functions = None
+        if self._custom_loop_optimizer is not None:
+            return
+        if self._can_swap_train_functions():
+            # One train function that records and one that does not; the
+            # callback picks per step (see on_train_batch_begin), so steps
+            # between updates cost what static sparse training costs.
+            self._train_functions = {}
+            for mode in ("always", "never"):
+                self.model.make_train_function(force=True)
+                self._train_functions[mode] = self.model.train_function
+            self._use_train_function("never")
+        else:
             self.model.make_train_function(force=True)
+
+    def _can_swap_train_functions(self):
+        """Per-step choice of train function works when every batch is one
+        optimizer step whose number the callback knows in advance."""
+        optimizer = self._optimizer
+        return (
+            self._steps_per_execution == 1
+            and self.updater.uses_gradient
+            and not isinstance(self.updater, updaters.SNFS)
+            and not hasattr(optimizer, "inner_optimizer")  # loss scaling skips steps
+            and not getattr(optimizer, "gradient_accumulation_steps", None)
+        )
+
+    def _use_train_function(self, mode):
+        """Sets the recorders' trace-time mode and the matching function."""
+        for layer in self._layers:
+            layer.recorder.mode = mode
+        self.model.train_function = self._train_functions[mode]
+        self._recording_mode = mode
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not getattr(self, "_train_functions", None) or not self._updates_left:
+            return
+        wanted = "always" if self._epoch_start_step + batch + 1 == self._next_update else "never"
+        if wanted != self._recording_mode:
+            self._use_train_function(wanted)
 
     def detach(self):
         """Removes the recorders from the layers (training keeps working).
@@ -724,6 +766,7 @@ class RigLCallback(MaskCallback):
             attached = attached or layer.recorder is not None
             layer.recorder = None
         self._record_step = None
+        self._train_functions = None
         if attached:
             self.model.train_function = None
 

@@ -79,6 +79,11 @@ class DenseGradientRecorder:
         self.step_counter = step_counter
         self.record_step = record_step
         self.momentum = momentum
+        # Read when a train step is *traced*: "step" decides in the graph
+        # from `step_counter` and `record_step`; "always" and "never" let a
+        # caller keep two traced train functions and pick one per step, so
+        # that ordinary steps carry no recording ops at all.
+        self.mode = "step"
         # ON_READ: each replica adds into its own copy, with no cross-replica
         # traffic inside the train step; reading it in cross-replica context
         # (the update function) returns the mean over replicas.
@@ -131,6 +136,10 @@ class DenseGradientRecorder:
             )
             return tf.constant(True)
 
+        if self.mode == "always":
+            return record()
+        if self.mode == "never":
+            return tf.constant(False)
         return tf.cond(
             self.should_record(), record, lambda: tf.constant(False)
         )

@@ -978,3 +978,23 @@ def test_mirrored_strategy_two_replicas():
     for name, info in result["rigl"]["layers"].items():
         assert info["same_mask_as_single"], (name, info)
         assert info["kernel_diff_single"] < 1e-5, (name, info)
+
+
+def test_steps_between_updates_run_a_train_function_without_recording():
+    """With steps_per_execution=1 the callback keeps two traced train
+    functions and records the dense gradient only on update steps."""
+    model = _mlp()
+    rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=20, seed=0)
+    modes = []
+
+    class _ModeSpy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            modes.append(rigl.layers[0].recorder.mode)
+
+    _fit(model, [rigl, _ModeSpy()], epochs=2)
+    assert set(rigl._train_functions) == {"always", "never"}
+    # Steps 1..20: recording exactly on the update steps 4, 8, 12, 16, 20.
+    recording = [step for step, mode in enumerate(modes, start=1) if mode == "always"]
+    assert recording == rigl.update_steps == [4, 8, 12, 16, 20]
+    assert model.train_function is rigl._train_functions["never"]
+    assert all(layer.recorder.mode == "never" for layer in rigl.layers)

@@ -1,0 +1,439 @@
+"""Tests for `benchmarks/accuracy.py` and `benchmarks/accuracy_tfmot.py`.
+
+The plan, the commands, the aggregation, the targets and the reports are
+checked on hand-made run JSONs (no training). End to end, a tiny sweep (two
+runs of 2 steps on the real MNIST in `TFDS_DATA_DIR`) is run through the
+real CLI, then run again to check that finished runs are skipped. The TFMOT
+peer script needs `tf_keras` and `tensorflow-model-optimization` (not
+dependencies of the library): its end-to-end test is skipped without them.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+
+import pytest
+
+from rigl_keras import distributions
+from rigl_keras import models
+from rigl_keras import train as train_lib
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_benchmark", _ROOT / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+accuracy = _load("accuracy")
+accuracy_tfmot = _load("accuracy_tfmot")
+
+_HAS_TFMOT = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("tf_keras", "tensorflow_model_optimization")
+)
+
+
+def _flags_of(argv):
+    """`{name: value}` of the `--name=value` items of an argv."""
+    return dict(a[2:].split("=", 1) for a in argv if a.startswith("--"))
+
+
+# ---------------------------------------------------------------------------
+# The plan and the commands.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        (accuracy.RunSpec("lenet300_100", "rigl", 0.98, 0, 20), "lenet300_100_rigl_s98_seed0_e20"),
+        (accuracy.RunSpec("lenet300_100", "dense", 0.0, 2, 20), "lenet300_100_dense_seed2_e20"),
+        (accuracy.RunSpec("lenet5", "small_dense", 0.955, 1, 10, 7),
+         "lenet5_small_dense_s95.5_seed1_e10_spe7"),
+    ],
+)
+def test_run_key(spec, key):
+    assert spec.key == key
+
+
+def test_default_plan_order_and_counts():
+    plan = accuracy._plan(accuracy.parse_args([]))
+    # LeNet-300-100: per seed dense + 7 methods x 3 sparsities (TFMOT
+    # included); LeNet-5: per seed dense + 6 methods at 95%.
+    assert len(plan) == 3 * (1 + 7 * 3) + 3 * (1 + 6)
+    assert len({s.key for s in plan}) == len(plan)
+    first_seed = plan[:22]
+    assert {(s.model, s.seed) for s in first_seed} == {("lenet300_100", 0)}
+    assert {s.method for s in first_seed} == set(accuracy.METHODS)
+    assert first_seed[0].method == "dense"
+    models_in_order = [s.model for s in plan]
+    assert models_in_order == sorted(models_in_order, key=accuracy.MODELS.index)
+    for model, epochs, sparsities in (("lenet300_100", 20, {0.9, 0.95, 0.98}),
+                                      ("lenet5", 10, {0.95})):
+        runs = [s for s in plan if s.model == model]
+        seeds = [s.seed for s in runs]
+        assert seeds == sorted(seeds)  # Seed by seed.
+        assert {s.epochs for s in runs} == {epochs}
+        assert {s.sparsity for s in runs if s.method != "dense"} == sparsities
+        dense = [s for s in runs if s.method == "dense"]
+        assert [(s.seed, s.sparsity) for s in dense] == [(0, 0.0), (1, 0.0), (2, 0.0)]
+    assert not [s for s in plan if s.model == "lenet5" and s.method == "tfmot"]
+
+
+def test_train_command_passes_cli_defaults_explicitly():
+    defaults = train_lib.TrainConfig()
+    spec = accuracy.RunSpec("lenet300_100", "set", 0.95, 2, 20)
+    argv = accuracy.run_command(spec, "/tmp/x.json", python="python")
+    assert argv[:3] == ["python", "-m", "rigl_keras.train"]
+    flags = _flags_of(argv)
+    assert flags["method"] == "set" and flags["model"] == "lenet300_100"
+    assert (float(flags["sparsity"]), int(flags["seed"]), int(flags["epochs"])) == (0.95, 2, 20)
+    assert int(flags["batch_size"]) == defaults.batch_size
+    assert float(flags["learning_rate"]) == defaults.peak_learning_rate == 0.1
+    assert float(flags["momentum"]) == defaults.momentum
+    assert float(flags["weight_decay"]) == defaults.weight_decay
+    assert int(flags["update_freq"]) == defaults.update_freq
+    assert float(flags["end_fraction"]) == defaults.end_fraction
+    assert float(flags["drop_fraction"]) == defaults.drop_fraction
+    assert (flags["optimizer"], flags["lr_schedule"], flags["distribution"]) == (
+        defaults.optimizer, defaults.lr_schedule, "erk")
+    assert flags["results_json"] == "/tmp/x.json"
+    # Every flag is one the CLI defines.
+    names = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+    assert set(flags) <= names
+
+
+def test_tfmot_command_matches_train_command():
+    spec = accuracy.RunSpec("lenet300_100", "tfmot", 0.98, 1, 20)
+    argv = accuracy.run_command(spec, "/tmp/t.json", python="python")
+    assert argv[1] == str(_ROOT / "benchmarks" / "accuracy_tfmot.py")
+    flags = _flags_of(argv)
+    cli = _flags_of(accuracy.run_command(
+        accuracy.RunSpec("lenet300_100", "prune", 0.98, 1, 20), "/tmp/t.json"))
+    for name in accuracy._SHARED_FLAGS + ("sparsity", "seed", "epochs", "model"):
+        assert flags[name] == cli[name], name
+    # The per-layer targets are rigl_keras' ERK targets of the same model.
+    plain = models.build("lenet300_100", masked=False, input_shape=(28, 28, 1),
+                         num_classes=10)
+    expected = distributions.distribute_sparsity(models.kernel_shapes(plain), 0.98, "erk")
+    assert json.loads(flags["layer_sparsity"]) == pytest.approx(expected)
+    # The script parses every flag it is given, with the same values.
+    parsed = accuracy_tfmot.parse_args(argv[2:])
+    shared = accuracy.shared_flags()
+    for name in accuracy._SHARED_FLAGS:
+        assert getattr(parsed, name) == shared[name], name
+
+
+def test_tfmot_script_defaults_equal_cli_defaults():
+    parsed = accuracy_tfmot.parse_args(["--results_json", "/tmp/r.json"])
+    shared = accuracy.shared_flags()
+    for name in accuracy._SHARED_FLAGS:
+        assert getattr(parsed, name) == shared[name], name
+    assert parsed.epochs == train_lib.TrainConfig().epochs
+
+
+@pytest.mark.parametrize("model", ["lenet300_100", "lenet5"])
+def test_tfmot_kernel_shapes_and_targets_match_library(model):
+    plain = models.build(model, masked=False, input_shape=(28, 28, 1), num_classes=10)
+    shapes = models.kernel_shapes(plain)
+    assert accuracy_tfmot.kernel_shapes(model) == shapes
+    assert list(accuracy_tfmot.kernel_shapes(model)) == list(shapes)
+    assert accuracy_tfmot.erk_targets(model, 0.95) == pytest.approx(
+        distributions.distribute_sparsity(shapes, 0.95, "erk"))
+
+
+def test_tfmot_script_rejects_bad_flags():
+    with pytest.raises(SystemExit):
+        accuracy_tfmot.parse_args(["--results_json", "r.json", "--sparsity", "1.0"])
+    with pytest.raises(SystemExit):
+        accuracy_tfmot.parse_args(["--results_json", "r.json", "--epochs", "0"])
+
+
+def test_sweep_rejects_bad_flags():
+    for argv in (["--methods", "rigl,bogus"], ["--sparsities", "0.9,1.5"],
+                 ["--seeds", "0,0"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit):
+            accuracy.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------
+# Aggregation and targets on hand-made runs.
+# ---------------------------------------------------------------------------
+
+
+def _write_run(runs_dir, method, sparsity, seed, test_accuracy, model="lenet300_100",
+               epochs=20, flops=None, **flag_overrides):
+    spec = accuracy.RunSpec(model, method, sparsity, seed, epochs)
+    flags = {**accuracy.shared_flags(), "method": method, "seed": seed, **flag_overrides}
+    if flops is None:
+        flops = None if method == "tfmot" else 1.0 - sparsity
+    run = {
+        "test_accuracy": float(test_accuracy),
+        "sparsity": sparsity,
+        "train_flops": flops,
+        "inference_flops": flops,
+        "wall_seconds": 10.0 + seed,
+        "flags": flags,
+        "benchmark": {"key": spec.key, **dataclasses.asdict(spec)},
+    }
+    path = accuracy.run_path(runs_dir, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run), encoding="utf-8")
+    return spec
+
+
+# Mean test accuracies (in %) of the hand-made sweep, 3 seeds each, spread
+# -1, 0, +1 point around the mean (sample std exactly 1 point), except dense
+# (spread +-0.5: std 0.5).
+_MEANS = {
+    ("dense", 0.0): 98.0,
+    ("rigl", 0.9): 97.8,     # dense - RigL = 0.2 <= 0.4: met.
+    ("rigl", 0.95): 97.5,
+    ("set", 0.95): 97.5,     # Tie: RigL >= SET holds.
+    ("static", 0.95): 97.0,
+    ("rigl", 0.98): 96.5,    # dense - RigL = 1.5 > 1.0: missed.
+    ("set", 0.98): 96.0,
+    ("static", 0.98): 96.2,  # SET < static: missed.
+    ("prune", 0.9): 97.9,
+    ("tfmot", 0.9): 97.7,    # prune - TFMOT = +0.2: met.
+    ("prune", 0.98): 96.0,
+    ("tfmot", 0.98): 96.5,   # prune - TFMOT = -0.5: missed.
+}                            # No prune/TFMOT at 95%: pending.
+
+
+@pytest.fixture()
+def fake_runs(tmp_path):
+    runs_dir = tmp_path / "runs"
+    for (method, sparsity), mean in _MEANS.items():
+        spread = 0.5 if method == "dense" else 1.0
+        for seed, delta in zip((0, 1, 2), (-spread, 0.0, spread)):
+            _write_run(runs_dir, method, sparsity, seed, (mean + delta) / 100)
+    return runs_dir
+
+
+def _group(groups, method, sparsity):
+    found = [g for g in groups if g["method"] == method and (
+        g["sparsity"] is None if sparsity is None else g["sparsity"] == sparsity)]
+    assert len(found) == 1, (method, sparsity)
+    return found[0]
+
+
+def test_aggregate_mean_and_sample_std(fake_runs):
+    groups = accuracy.aggregate(accuracy.load_runs(fake_runs))
+    assert len(groups) == len(_MEANS)
+    rigl = _group(groups, "rigl", 0.98)
+    assert rigl["n"] == 3 and rigl["seeds"] == [0, 1, 2]
+    assert rigl["test_accuracy"]["mean"] == pytest.approx(0.965)
+    assert rigl["test_accuracy"]["std"] == pytest.approx(0.01)  # Sample std.
+    assert rigl["test_accuracy"]["min"] == pytest.approx(0.955)
+    assert rigl["test_accuracy"]["max"] == pytest.approx(0.975)
+    assert rigl["train_flops"] == pytest.approx(0.02)
+    assert rigl["wall_seconds"] == pytest.approx(11.0)
+    dense = _group(groups, "dense", None)
+    assert dense["test_accuracy"]["std"] == pytest.approx(0.005)
+    assert _group(groups, "tfmot", 0.9)["train_flops"] is None
+    # Ordered by METHODS, then sparsity.
+    order = [(g["method"], g["sparsity"]) for g in groups]
+    assert order[0] == ("dense", None)
+    assert order.index(("static", 0.95)) < order.index(("static", 0.98)) < order.index(
+        ("set", 0.95))
+
+
+def test_single_seed_has_zero_std(tmp_path):
+    _write_run(tmp_path, "rigl", 0.9, 0, 0.97)
+    (group,) = accuracy.aggregate(accuracy.load_runs(tmp_path))
+    assert group["n"] == 1 and group["test_accuracy"]["std"] == 0.0
+
+
+def test_targets_met_missed_pending(fake_runs):
+    groups = accuracy.aggregate(accuracy.load_runs(fake_runs))
+    targets = accuracy.evaluate_targets(groups, ("lenet300_100", 20, None))
+    status = {t["name"]: t["status"] for t in targets}
+    assert status == {
+        "RigL > SET > static at 98%": "missed",
+        "RigL >= SET >= static at 95%": "met",
+        "RigL at 90% within 0.4 points of dense": "met",
+        "RigL at 98% within 1.0 points of dense": "missed",
+        "prune within 0.3 points of TFMOT at 90%": "met",
+        "prune within 0.3 points of TFMOT at 95%": "pending",
+        "prune within 0.3 points of TFMOT at 98%": "missed",
+    }
+    by_name = {t["name"]: t for t in targets}
+    missed = by_name["RigL at 98% within 1.0 points of dense"]
+    assert missed["values"] == pytest.approx({"rigl@98": 96.5, "dense": 98.0})
+    assert "dense - RigL +1.500" in missed["detail"] and "(n=3)" in missed["detail"]
+    assert "prune - TFMOT -0.500" in by_name["prune within 0.3 points of TFMOT at 98%"]["detail"]
+    assert "prune@95" in by_name["prune within 0.3 points of TFMOT at 95%"]["detail"]
+    # Another setting (other epochs) has no runs: everything pending.
+    other = accuracy.evaluate_targets(groups, ("lenet300_100", 5, None))
+    assert {t["status"] for t in other} == {"pending"}
+
+
+def test_target_boundaries_are_inclusive(tmp_path):
+    # dense - RigL == 0.4 exactly (up to float round-off) meets "within 0.4".
+    _write_run(tmp_path, "dense", 0.0, 0, 0.984)
+    _write_run(tmp_path, "rigl", 0.9, 0, 0.980)
+    targets = accuracy.evaluate_targets(
+        accuracy.aggregate(accuracy.load_runs(tmp_path)), ("lenet300_100", 20, None))
+    (target,) = [t for t in targets if t["name"].startswith("RigL at 90%")]
+    assert target["status"] == "met"
+
+
+def test_markdown_table(fake_runs):
+    groups = accuracy.aggregate(accuracy.load_runs(fake_runs))
+    text = accuracy.markdown_tables(groups)
+    lines = text.splitlines()
+    assert lines[0] == "### LeNet-300-100 on MNIST, 20 epochs"
+    assert lines[2] == ("| Method | 90% | 95% | 98% | Train FLOPs (90% / 95% / 98%) "
+                        "| Inference FLOPs (90% / 95% / 98%) |")
+    rows = {line.split(" | ")[0][2:]: line for line in lines[4:]}
+    assert list(rows) == ["Dense", "Static", "SET", "RigL", "Pruning (ours)",
+                          "Pruning (TFMOT)"]
+    assert rows["RigL"] == ("| RigL | 97.80 ± 1.00 (3) | 97.50 ± 1.00 (3) | "
+                           "96.50 ± 1.00 (3) | 0.100 / 0.050 / 0.020 | "
+                           "0.100 / 0.050 / 0.020 |")
+    assert rows["Dense"].count("98.00 ± 0.50 (3)") == 3
+    assert rows["Pruning (ours)"].split(" | ")[2] == "—"  # No run at 95%.
+    assert rows["Pruning (TFMOT)"].endswith("| n/a | n/a |")
+
+
+def test_finished_requires_valid_json_with_shared_flags(tmp_path):
+    spec = _write_run(tmp_path, "rigl", 0.9, 0, 0.97)
+    assert accuracy.finished(tmp_path, spec)
+    assert not accuracy.finished(tmp_path, accuracy.RunSpec("lenet300_100", "rigl", 0.9, 1, 20))
+    stale = _write_run(tmp_path, "set", 0.9, 0, 0.97, batch_size=64)
+    assert not accuracy.finished(tmp_path, stale)
+    accuracy.run_path(tmp_path, spec).write_text('{"test_accuracy": 0.9', encoding="utf-8")
+    assert not accuracy.finished(tmp_path, spec)
+    # Neither a broken file nor a trainer's partial output is aggregated.
+    (tmp_path / "x.partial.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    assert [r["benchmark"]["key"] for r in accuracy.load_runs(tmp_path)] == [stale.key]
+
+
+def test_only_aggregate_writes_outputs_without_training(fake_runs, tmp_path):
+    out = tmp_path / "out"
+    report = accuracy.main(["--only_aggregate", "--models", "lenet300_100",
+                            "--runs_dir", str(fake_runs), "--output_dir", str(out)])
+    assert report["executed"] == []
+    written = json.loads((out / "accuracy.json").read_text(encoding="utf-8"))
+    assert written["progress"]["planned"] == 66
+    assert written["progress"]["finished"] == 3 * len(_MEANS)  # All in the plan.
+    assert written["progress"]["runs_in_dir"] == 3 * len(_MEANS)
+    assert "lenet300_100_snfs_s90_seed0_e20" in written["progress"]["missing"]
+    assert len(written["runs"]) == 3 * len(_MEANS)
+    assert [t["status"] for t in written["targets"]] == [t["status"] for t in report["targets"]]
+    markdown = (out / "accuracy.md").read_text(encoding="utf-8")
+    assert markdown == written["markdown"]
+    assert "| RigL | 97.80 ± 1.00 (3) |" in markdown
+    assert "- **missed**: RigL at 98% within 1.0 points of dense" in markdown
+    assert "36 of 66 planned runs finished" in markdown
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert written["plot"] == "accuracy.png"
+        assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dry_run_writes_nothing(fake_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert accuracy.main(["--dry_run", "--models", "lenet5", "--seeds", "0",
+                          "--runs_dir", str(fake_runs), "--output_dir", str(out)]) is None
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "todo  lenet5_dense_seed0_e10"
+    assert printed[-1] == "0 of 7 runs finished, 7 to do"
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# End to end on real MNIST (tiny runs through the real CLI).
+# ---------------------------------------------------------------------------
+
+_TINY = ["--models", "lenet300_100", "--sparsities", "0.9", "--seeds", "0",
+         "--epochs", "1", "--steps_per_epoch", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    default = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tfds"
+    data_dir = pathlib.Path(os.environ.get("TFDS_DATA_DIR", default))
+    if not (data_dir / "mnist").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"MNIST in TFDS format is missing from {data_dir}")
+        pytest.skip(f"MNIST in TFDS format not found in {data_dir}")
+    previous = os.environ.get("TFDS_DATA_DIR")
+    os.environ["TFDS_DATA_DIR"] = str(data_dir)  # the runs are subprocesses
+    root = tmp_path_factory.mktemp("accuracy")
+    argv = _TINY + ["--methods", "dense,rigl", "--runs_dir", str(root / "runs"),
+                    "--output_dir", str(root / "out"), "--log_dir", str(root / "logs")]
+    try:
+        yield root, argv, accuracy.main(argv)
+    finally:
+        if previous is None:
+            os.environ.pop("TFDS_DATA_DIR", None)
+        else:
+            os.environ["TFDS_DATA_DIR"] = previous
+
+
+def test_tiny_sweep_runs_and_reports(tiny_sweep):
+    root, _, report = tiny_sweep
+    keys = ["lenet300_100_dense_seed0_e1_spe2", "lenet300_100_rigl_s90_seed0_e1_spe2"]
+    assert report["executed"] == keys and report["skipped"] == []
+    assert sorted(p.name for p in (root / "runs").iterdir()) == [f"{k}.json" for k in keys]
+    written = json.loads((root / "out" / "accuracy.json").read_text(encoding="utf-8"))
+    assert written["progress"] == {"planned": 2, "finished": 2, "missing": [],
+                                   "failed_this_invocation": [], "runs_in_dir": 2}
+    by_key = {r["key"]: r for r in written["runs"]}
+    for key in keys:
+        run = json.loads((root / "runs" / f"{key}.json").read_text(encoding="utf-8"))
+        assert by_key[key]["test_accuracy"] == run["test_accuracy"]
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+        assert run["steps"] == 2 and run["flags"]["batch_size"] == 128
+        assert "results_json" not in run and "results_json" not in run["flags"]
+        assert set(run["history"]) <= set(accuracy._HISTORY_KEEP)
+        command = shlex.split(run["benchmark"]["command"])
+        assert command[:3] == ["python", "-m", "rigl_keras.train"]
+    rigl = by_key[keys[1]]
+    assert rigl["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert rigl["train_flops"] < 1.0 and rigl["inference_flops"] == pytest.approx(0.1, abs=1e-3)
+    assert by_key[keys[0]]["measured_sparsity"] == 0.0
+    markdown = (root / "out" / "accuracy.md").read_text(encoding="utf-8")
+    assert "### LeNet-300-100 on MNIST, 1 epoch of at most 2 steps" in markdown
+    assert "| RigL | " in markdown and "| Dense | " in markdown
+    assert "2 of 2 planned runs finished." in markdown
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = (root / "out" / "accuracy.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_tiny_sweep_is_resumable(tiny_sweep):
+    root, argv, _ = tiny_sweep
+    runs = sorted((root / "runs").iterdir())
+    before = {p.name: p.stat().st_mtime_ns for p in runs}
+    again = accuracy.main(argv)
+    assert again["executed"] == []
+    assert again["skipped"] == [p.stem for p in runs]
+    assert {p.name: p.stat().st_mtime_ns for p in sorted((root / "runs").iterdir())} == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAS_TFMOT, reason="needs tf_keras and tensorflow-model-optimization")
+def test_tfmot_run_through_the_sweep(tmp_path):
+    argv = _TINY + ["--methods", "tfmot", "--runs_dir", str(tmp_path / "runs"),
+                    "--output_dir", str(tmp_path / "out"), "--log_dir", str(tmp_path / "logs")]
+    report = accuracy.main(argv)
+    assert report["executed"] == ["lenet300_100_tfmot_s90_seed0_e1_spe2"]
+    run = json.loads((tmp_path / "runs" / f"{report['executed'][0]}.json").read_text())
+    assert run["flags"]["method"] == "tfmot_prune"
+    assert run["flags"]["layer_targets"] == pytest.approx(
+        accuracy.erk_targets("lenet300_100", 0.9))
+    assert set(run["layer_sparsity"]) == {"fc1", "fc2", "fc3"}
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["steps"] == 2
+    assert run["train_flops"] is None and "tf_keras" in run["versions"]
+    assert "| Pruning (TFMOT) | " in report["markdown"]

@@ -37,6 +37,7 @@ __all__ = [
     "SNFS",
     "get",
     "floor_count",
+    "RADIX_SELECT_MIN_SIZE",
     "select_top_k",
 ]
 
@@ -56,17 +57,52 @@ Attributes:
 _GROW_INITS = ("zeros", "random_normal")
 
 
-def select_top_k(scores, eligible, k, seed):
+# From this many elements on, the k-th largest score is found by counting
+# passes (a binary search over the scores' bit patterns, linear in N) instead
+# of `tf.math.top_k` (O(N log k), and cache-unfriendly on large tensors).
+RADIX_SELECT_MIN_SIZE = 2**22
+
+
+def _order_preserving_int32(values):
+    """Maps float32 values to int32 keys with the same order (no NaN)."""
+    bits = tf.bitcast(values + 0.0, tf.int32)  # + 0.0 turns -0.0 into +0.0
+    return tf.where(bits >= 0, bits, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF))
+
+
+def _kth_largest_key(keys, k):
+    """The largest int32 `t` with `count(keys >= t) >= k` (k-th largest)."""
+    k = tf.cast(k, tf.int64)
+
+    def halve(low, high):
+        middle = low + (high - low + 1) // 2
+        count = tf.reduce_sum(
+            tf.cast(keys >= tf.cast(middle, tf.int32), tf.int64)
+        )
+        enough = count >= k
+        return tf.where(enough, middle, low), tf.where(enough, high, middle - 1)
+
+    low, _ = tf.while_loop(
+        lambda low, high: low < high,
+        halve,
+        [tf.constant(-(2**31), tf.int64), tf.constant(2**31 - 1, tf.int64)],
+    )
+    return tf.cast(low, tf.int32)
+
+
+def select_top_k(scores, eligible, k, seed, radix_min_size=None):
     """Selects the `k` highest scores among eligible positions.
 
     Ties are broken by a random order drawn from `seed` (a stateless seed:
     the same seed gives the same choice on every replica and in every run).
 
     Args:
-        scores: Float tensor of any shape.
+        scores: Float tensor of any shape (finite values).
         eligible: Boolean tensor of the same shape.
         k: Integer scalar tensor, at most the number of eligible positions.
         seed: Shape `[2]` integer tensor.
+        radix_min_size: Size from which the k-th score is found by counting
+            passes rather than `top_k` (the result is the same); default
+            `RADIX_SELECT_MIN_SIZE`.
 
     Returns:
         A boolean tensor of the shape of `scores`, true at exactly `k`
@@ -89,10 +125,19 @@ def select_top_k(scores, eligible, k, seed):
     # Everything strictly above the k-th largest score is chosen; among the
     # positions tied at that score, the rest are drawn by seeded random keys.
     # Only sequential passes and top_k: no permutation of the whole tensor.
-    top_values, _ = tf.math.top_k(candidates, k=k, sorted=False)
-    threshold = tf.reduce_min(top_values)  # +inf when k == 0: nothing above
-    above = candidates > threshold
-    tied = tf.logical_and(flat_eligible, tf.equal(candidates, threshold))
+    if radix_min_size is None:
+        radix_min_size = RADIX_SELECT_MIN_SIZE
+    static_size = flat_scores.shape.num_elements()
+    if static_size is not None and static_size >= radix_min_size:
+        keys = _order_preserving_int32(candidates)
+        threshold = _kth_largest_key(keys, k)  # max int32 when k == 0
+        above = keys > threshold
+        tied = tf.logical_and(flat_eligible, tf.equal(keys, threshold))
+    else:
+        top_values, _ = tf.math.top_k(candidates, k=k, sorted=False)
+        threshold = tf.reduce_min(top_values)  # +inf when k == 0
+        above = candidates > threshold
+        tied = tf.logical_and(flat_eligible, tf.equal(candidates, threshold))
     missing = k - tf.reduce_sum(tf.cast(above, tf.int32))
     keys = tf.random.stateless_uniform(
         [size], seed=seed, minval=None, maxval=None, dtype=tf.int64

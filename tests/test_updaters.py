@@ -442,3 +442,25 @@ def test_docstring_examples():
 def test_floor_count_is_exact_floor_despite_round_off(fraction, count, expected):
     assert int(updaters.floor_count(fraction, count)) == expected
     assert int(updaters.floor_count(tf.constant(fraction, tf.float64), count)) == expected
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    values=st.lists(
+        st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, -3.0, 1e-30, -1e30, 7.0]),
+        min_size=1, max_size=60),
+    data=st.data(),
+)
+def test_counting_select_equals_top_k_select(values, data):
+    """Both ways of finding the k-th score choose exactly the same set."""
+    scores = tf.constant(values, tf.float32)
+    eligible_list = data.draw(st.lists(st.booleans(), min_size=len(values),
+                                       max_size=len(values)))
+    eligible = tf.constant(eligible_list)
+    k = data.draw(st.integers(0, sum(eligible_list)))
+    seed = [3, data.draw(st.integers(0, 1000))]
+    by_top_k = select_top_k(scores, eligible, tf.constant(k), seed, radix_min_size=10**9)
+    by_counting = select_top_k(scores, eligible, tf.constant(k), seed, radix_min_size=1)
+    np.testing.assert_array_equal(by_top_k.numpy(), by_counting.numpy())
+    assert int(tf.reduce_sum(tf.cast(by_counting, tf.int32))) == k
+    assert not np.any(by_counting.numpy() & ~np.array(eligible_list, bool))

@@ -25,21 +25,21 @@ import tensorflow as tf
 
 import rigl_keras
 
+import _helpers  # tests/_helpers.py
+
 _BATCH = 16
 _STEPS_PER_EPOCH = 10  # 160 samples / batch 16.
 _MLP_ZEROS_08 = {"fc1": 534, "fc2": 414, "out": 23}
 
 
-def _numpy(variable):
-    return np.array(keras.ops.convert_to_numpy(variable))
+_numpy = _helpers.as_numpy
 
 
 def _step(model):
     return int(_numpy(model.optimizer.iterations))
 
 
-def _masks(model):
-    return {l.name: _numpy(l.mask) for l in rigl_keras.masked_layers(model)}
+_masks = _helpers.mask_arrays
 
 
 def _data(n=160, seed=0, features=20, outputs=4):

@@ -32,6 +32,8 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras
+
+import _helpers  # tests/_helpers.py
 from rigl_keras import updaters
 
 _BATCH = 16
@@ -87,16 +89,14 @@ def _mlp(optimizer, seed=0):
     return model
 
 
-def _numpy(variable):
-    return np.array(keras.ops.convert_to_numpy(variable))
+_numpy = _helpers.as_numpy
 
 
 def _step(model):
     return int(_numpy(model.optimizer.iterations))
 
 
-def _masks(model):
-    return {l.name: _numpy(l.mask) for l in rigl_keras.masked_layers(model)}
+_masks = _helpers.mask_arrays
 
 
 def _rigl_warnings(caught):

@@ -35,6 +35,8 @@ import pytest
 
 import rigl_keras
 
+import _helpers  # tests/_helpers.py
+
 _OPT = keras.optimizers
 _BATCH = 16
 _STEPS_PER_EPOCH = 10  # 160 samples / batch 16.
@@ -95,16 +97,14 @@ def _mlp(optimizer, seed=0):
     return model
 
 
-def _numpy(variable):
-    return np.array(keras.ops.convert_to_numpy(variable))
+_numpy = _helpers.as_numpy
 
 
 def _step(model):
     return int(_numpy(model.optimizer.iterations))
 
 
-def _masks(model):
-    return {l.name: _numpy(l.mask) for l in rigl_keras.masked_layers(model)}
+_masks = _helpers.mask_arrays
 
 
 def _kernel_slots(model, layer):

@@ -85,16 +85,7 @@ def _data(n=160, seed=0):
     return x, y
 
 
-def _mlp(optimizer, seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((20,)),
-        rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
-        rigl_keras.MaskedDense(16, activation="relu", name="fc2"),
-        rigl_keras.MaskedDense(4, name="out"),
-    ])
-    model.compile(optimizer, "mse")
-    return model
+_mlp = _helpers.compiled_mlp
 
 
 _numpy = _helpers.as_numpy

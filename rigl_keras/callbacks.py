@@ -802,19 +802,24 @@ class RigLCallback(MaskCallback):
             tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32))),
         )
         seed = tf.stack([tf.constant(layer_seed, tf.int64), tf.cast(step, tf.int64)])
-        result = self.updater.update(kernel, mask, gradient, drop_fraction, seed)
-        grown = tf.logical_and(finite, result.grown)
-        changed = tf.logical_and(finite, tf.logical_or(result.grown, result.dropped))
-        layer.mask.assign(tf.where(finite, result.mask, mask))
-        layer.kernel.assign(tf.where(finite, result.kernel, kernel))
-        optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, changed)
+
+        def apply_update():
+            result = self.updater.update(kernel, mask, gradient, drop_fraction, seed)
+            layer.mask.assign(result.mask)
+            layer.kernel.assign(result.kernel)
+            changed = tf.logical_or(result.grown, result.dropped)
+            optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, changed)
+            return tf.reduce_sum(tf.cast(result.grown, tf.int64))
+
+        # A non-finite gradient or kernel leaves the layer untouched.
+        grown = tf.cond(finite, apply_update, lambda: tf.constant(0, tf.int64))
         if recorder is not None and recorder.momentum is None:
             recorder.reset()
         return {
             "finite": finite,
-            "grown": tf.reduce_sum(tf.cast(grown, tf.int64)),
+            "grown": grown,
             "nnz": tf.reduce_sum(tf.cast(mask > 0, tf.int64)),
-            "gradient_is_zero": tf.reduce_all(tf.equal(gradient, 0.0)),
+            "gradient_is_zero": tf.equal(tf.reduce_max(tf.abs(gradient)), 0.0),
         }
 
     def _on_update_step(self, step):

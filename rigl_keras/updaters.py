@@ -37,7 +37,7 @@ __all__ = [
     "SNFS",
     "get",
     "floor_count",
-    "RADIX_SELECT_MIN_SIZE",
+    "PREFILTER_MIN_SIZE",
     "select_top_k",
 ]
 
@@ -57,39 +57,56 @@ Attributes:
 _GROW_INITS = ("zeros", "random_normal")
 
 
-# From this many elements on, the k-th largest score is found by counting
-# passes (a binary search over the scores' bit patterns, linear in N) instead
-# of `tf.math.top_k` (O(N log k), and cache-unfriendly on large tensors).
-RADIX_SELECT_MIN_SIZE = 2**22
+# From this many elements on, the k-th largest score is found among a
+# prefiltered subset (see `_kth_largest_value`) instead of by `tf.math.top_k`
+# over the whole tensor (O(N log k), single-threaded on CPU, and
+# cache-unfriendly on large tensors). The result is the same.
+PREFILTER_MIN_SIZE = 2**14
+
+# Fraction of the elements drawn to estimate a lower bound of the k-th score.
+_SAMPLE_FRACTION = 1 / 16
 
 
-def _order_preserving_int32(values):
-    """Maps float32 values to int32 keys with the same order (no NaN)."""
-    bits = tf.bitcast(values + 0.0, tf.int32)  # + 0.0 turns -0.0 into +0.0
-    return tf.where(bits >= 0, bits, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF))
+def _top_k_min(values, k):
+    """The k-th largest of a 1-D tensor by `top_k` (+inf when k == 0)."""
+    top_values, _ = tf.math.top_k(values, k=k, sorted=False)
+    return tf.reduce_min(top_values)
 
 
-def _kth_largest_key(keys, k):
-    """The largest int32 `t` with `count(keys >= t) >= k` (k-th largest)."""
-    k = tf.cast(k, tf.int64)
+def _kth_largest_value(values, k, prefilter):
+    """The k-th largest of 1-D float32 `values` (+inf when k == 0), exactly.
 
-    def halve(low, high):
-        middle = low + (high - low + 1) // 2
-        count = tf.reduce_sum(
-            tf.cast(keys >= tf.cast(middle, tf.int32), tf.int64)
-        )
-        enough = count >= k
-        return tf.where(enough, middle, low), tf.where(enough, high, middle - 1)
-
-    low, _ = tf.while_loop(
-        lambda low, high: low < high,
-        halve,
-        [tf.constant(-(2**31), tf.int64), tf.constant(2**31 - 1, tf.int64)],
+    With `prefilter`, a random sample of the values gives a lower bound
+    `low` that, with high probability, is at most the k-th largest: the
+    k-th largest is then found by `top_k` among the values `>= low` alone
+    (about k of them). If fewer than k values are `>= low` (the bound
+    missed) the whole tensor is searched, so the result never depends on
+    the sample: only the time does.
+    """
+    if not prefilter:
+        return _top_k_min(values, k)
+    size = tf.size(values)
+    sample_size = tf.maximum(1, tf.cast(tf.cast(size, tf.float32) * _SAMPLE_FRACTION, tf.int32))
+    positions = tf.random.stateless_uniform(
+        [sample_size], seed=[0, 0], minval=0, maxval=size, dtype=tf.int32
     )
-    return tf.cast(low, tf.int32)
+    sample = tf.gather(values, positions)
+    # Expected count of sampled values above the k-th largest, plus a margin
+    # of four standard deviations.
+    expected = tf.cast(k, tf.float32) * _SAMPLE_FRACTION
+    k_sample = tf.minimum(
+        sample_size, tf.cast(tf.math.ceil(expected + 4.0 * tf.sqrt(expected) + 8.0), tf.int32)
+    )
+    low = _top_k_min(sample, k_sample)
+    candidates = values >= low
+    return tf.cond(
+        tf.reduce_sum(tf.cast(candidates, tf.int32)) >= k,
+        lambda: _top_k_min(tf.boolean_mask(values, candidates), k),
+        lambda: _top_k_min(values, k),
+    )
 
 
-def select_top_k(scores, eligible, k, seed, radix_min_size=None):
+def select_top_k(scores, eligible, k, seed, prefilter_min_size=None):
     """Selects the `k` highest scores among eligible positions.
 
     Ties are broken by a random order drawn from `seed` (a stateless seed:
@@ -100,9 +117,10 @@ def select_top_k(scores, eligible, k, seed, radix_min_size=None):
         eligible: Boolean tensor of the same shape.
         k: Integer scalar tensor, at most the number of eligible positions.
         seed: Shape `[2]` integer tensor.
-        radix_min_size: Size from which the k-th score is found by counting
-            passes rather than `top_k` (the result is the same); default
-            `RADIX_SELECT_MIN_SIZE`.
+        prefilter_min_size: Size from which the k-th score is searched for
+            among a sampled, prefiltered subset rather than by `top_k` over
+            all scores (the result is the same); default
+            `PREFILTER_MIN_SIZE`.
 
     Returns:
         A boolean tensor of the shape of `scores`, true at exactly `k`
@@ -119,35 +137,41 @@ def select_top_k(scores, eligible, k, seed, radix_min_size=None):
     flat_scores = tf.reshape(tf.cast(scores, tf.float32), [-1])
     flat_eligible = tf.reshape(eligible, [-1])
     size = tf.size(flat_scores)
-    candidates = tf.where(
-        flat_eligible, flat_scores, tf.fill([size], -float("inf"))
-    )
+    candidates = tf.where(flat_eligible, flat_scores, -float("inf"))
     # Everything strictly above the k-th largest score is chosen; among the
     # positions tied at that score, the rest are drawn by seeded random keys.
     # Only sequential passes and top_k: no permutation of the whole tensor.
-    if radix_min_size is None:
-        radix_min_size = RADIX_SELECT_MIN_SIZE
+    if prefilter_min_size is None:
+        prefilter_min_size = PREFILTER_MIN_SIZE
     static_size = flat_scores.shape.num_elements()
-    if static_size is not None and static_size >= radix_min_size:
-        keys = _order_preserving_int32(candidates)
-        threshold = _kth_largest_key(keys, k)  # max int32 when k == 0
-        above = keys > threshold
-        tied = tf.logical_and(flat_eligible, tf.equal(keys, threshold))
-    else:
-        top_values, _ = tf.math.top_k(candidates, k=k, sorted=False)
-        threshold = tf.reduce_min(top_values)  # +inf when k == 0
+    prefilter = static_size is not None and static_size >= prefilter_min_size
+    threshold = _kth_largest_value(candidates, k, prefilter)
+    # (Ineligible positions hold -inf, below any finite threshold.)
+    at_or_above = candidates >= threshold
+
+    def draw_among_ties():
         above = candidates > threshold
         tied = tf.logical_and(flat_eligible, tf.equal(candidates, threshold))
-    missing = k - tf.reduce_sum(tf.cast(above, tf.int32))
-    keys = tf.random.stateless_uniform(
-        [size], seed=seed, minval=None, maxval=None, dtype=tf.int64
+        missing = k - tf.reduce_sum(tf.cast(above, tf.int32))
+        keys = tf.random.stateless_uniform(
+            [size], seed=seed, minval=None, maxval=None, dtype=tf.int64
+        )
+        tie_keys = tf.where(tied, keys, tf.int64.min)
+        _, tie_picks = tf.math.top_k(tie_keys, k=missing, sorted=False)
+        picked_ties = tf.scatter_nd(
+            tie_picks[:, tf.newaxis], tf.ones_like(tie_picks, tf.bool), [size]
+        )
+        return tf.logical_or(above, picked_ties)
+
+    # Usually exactly k scores are at or above the k-th largest (distinct
+    # float scores tie only at the threshold itself): then every tied
+    # position is needed and no random draw is made, with the same result
+    # as the draw would give.
+    chosen = tf.cond(
+        tf.equal(tf.reduce_sum(tf.cast(at_or_above, tf.int32)), k),
+        lambda: at_or_above,
+        draw_among_ties,
     )
-    tie_keys = tf.where(tied, keys, tf.fill([size], tf.int64.min))
-    _, tie_picks = tf.math.top_k(tie_keys, k=missing, sorted=False)
-    picked_ties = tf.scatter_nd(
-        tie_picks[:, tf.newaxis], tf.ones_like(tie_picks, tf.bool), [size]
-    )
-    chosen = tf.logical_or(above, picked_ties)
     return tf.reshape(chosen, tf.shape(scores))
 
 
@@ -280,10 +304,15 @@ class MaskUpdater:
         new_active = tf.logical_or(kept, grown_any)
         grown = tf.logical_and(grown_any, tf.logical_not(active))
         dropped = tf.logical_and(active, tf.logical_not(new_active))
-        init = tf.cast(self.grow_values(kernel, mask, seeds[0]), kernel.dtype)
-        new_kernel = tf.where(
-            new_active, tf.where(grown, init, kernel), tf.zeros_like(kernel)
-        )
+        # Active before and after (kept, or dropped and regrown): old value.
+        stays = tf.logical_and(new_active, active)
+        if self.grow_init == "zeros":
+            new_kernel = tf.where(stays, kernel, tf.zeros_like(kernel))
+        else:
+            init = tf.cast(self.grow_values(kernel, mask, seeds[0]), kernel.dtype)
+            new_kernel = tf.where(
+                stays, kernel, tf.where(grown, init, tf.zeros_like(kernel))
+            )
         return MaskUpdate(
             mask=tf.cast(new_active, mask.dtype),
             kernel=new_kernel,

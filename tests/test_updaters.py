@@ -360,6 +360,30 @@ def test_select_top_k_ties_are_seeded():
         assert not np.any(np.array(pick) & ~eligible)
 
 
+def test_select_top_k_takes_every_tie_when_all_are_needed():
+    # Two positions tie at the threshold and both are needed: no draw.
+    scores = [5.0, 2.0, 2.0, 1.0, 9.0]
+    eligible = [True] * 5
+    for seed in range(5):
+        np.testing.assert_array_equal(
+            _top_k(scores, eligible, 4, seed=(seed, 0)),
+            [True, True, True, False, True],
+        )
+
+
+@pytest.mark.parametrize("eligible_fraction", [0.02, 0.2, 0.3, 0.9])
+def test_select_top_k_same_with_few_or_many_eligible(eligible_fraction):
+    """Gathering the eligible scores first (few eligible) changes nothing."""
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal(2000).astype("float32")
+    eligible = rng.random(2000) < eligible_fraction
+    k = int(eligible.sum() * 0.3)
+    chosen = _top_k(scores, eligible, k, seed=(1, 2))
+    expected = np.zeros(2000, bool)
+    expected[np.flatnonzero(eligible)[np.argsort(-scores[eligible])[:k]]] = True
+    np.testing.assert_array_equal(chosen, expected)
+
+
 @_SETTINGS
 @hypothesis.given(
     data=st.data(),
@@ -451,7 +475,7 @@ def test_floor_count_is_exact_floor_despite_round_off(fraction, count, expected)
         min_size=1, max_size=60),
     data=st.data(),
 )
-def test_counting_select_equals_top_k_select(values, data):
+def test_prefiltered_select_equals_top_k_select(values, data):
     """Both ways of finding the k-th score choose exactly the same set."""
     scores = tf.constant(values, tf.float32)
     eligible_list = data.draw(st.lists(st.booleans(), min_size=len(values),
@@ -459,8 +483,26 @@ def test_counting_select_equals_top_k_select(values, data):
     eligible = tf.constant(eligible_list)
     k = data.draw(st.integers(0, sum(eligible_list)))
     seed = [3, data.draw(st.integers(0, 1000))]
-    by_top_k = select_top_k(scores, eligible, tf.constant(k), seed, radix_min_size=10**9)
-    by_counting = select_top_k(scores, eligible, tf.constant(k), seed, radix_min_size=1)
-    np.testing.assert_array_equal(by_top_k.numpy(), by_counting.numpy())
-    assert int(tf.reduce_sum(tf.cast(by_counting, tf.int32))) == k
-    assert not np.any(by_counting.numpy() & ~np.array(eligible_list, bool))
+    by_top_k = select_top_k(scores, eligible, tf.constant(k), seed,
+                            prefilter_min_size=10**9)
+    prefiltered = select_top_k(scores, eligible, tf.constant(k), seed,
+                               prefilter_min_size=1)
+    np.testing.assert_array_equal(by_top_k.numpy(), prefiltered.numpy())
+    assert int(tf.reduce_sum(tf.cast(prefiltered, tf.int32))) == k
+    assert not np.any(prefiltered.numpy() & ~np.array(eligible_list, bool))
+
+
+@pytest.mark.parametrize("prefilter", [False, True])
+@pytest.mark.parametrize(
+    "size, k",
+    [(1, 1), (50, 0), (50, 50), (5000, 1), (5000, 300), (5000, 4999), (5000, 5000)],
+)
+def test_kth_largest_value_is_exact(prefilter, size, k):
+    # k == size makes the sampled lower bound miss (the sample's minimum is
+    # rarely the global one): the whole tensor is searched instead.
+    rng = np.random.default_rng(size + k)
+    values = rng.standard_normal(size).astype("float32")
+    values[: size // 3] = -np.inf  # ineligible positions, as select_top_k sets them
+    got = float(updaters._kth_largest_value(tf.constant(values), tf.constant(k), prefilter))
+    expected = np.inf if k == 0 else np.sort(values)[::-1][k - 1]
+    assert got == expected

@@ -818,7 +818,7 @@ class RigLCallback(MaskCallback):
         return {
             "finite": finite,
             "grown": grown,
-            "nnz": tf.reduce_sum(tf.cast(mask > 0, tf.int64)),
+            "nnz": tf.cast(tf.reduce_sum(tf.cast(mask, tf.float64)), tf.int64),
             "gradient_is_zero": tf.equal(tf.reduce_max(tf.abs(gradient)), 0.0),
         }
 

@@ -74,17 +74,27 @@ def _top_k_min(values, k):
 
 
 def _kth_largest_value(values, k, prefilter):
-    """The k-th largest of 1-D float32 `values` (+inf when k == 0), exactly.
+    """The k-th largest of 1-D float32 `values`, exactly, and how many are
+    at least as large.
 
     With `prefilter`, a random sample of the values gives a lower bound
     `low` that, with high probability, is at most the k-th largest: the
     k-th largest is then found by `top_k` among the values `>= low` alone
-    (about k of them). If fewer than k values are `>= low` (the bound
-    missed) the whole tensor is searched, so the result never depends on
-    the sample: only the time does.
+    (about k of them), and counted among them too. If fewer than k values
+    are `>= low` (the bound missed) the whole tensor is searched, so the
+    result never depends on the sample: only the time does.
+
+    Returns:
+        `(kth, count)`: the k-th largest value (+inf when k == 0) and the
+        number of values `>= kth`.
     """
+
+    def search(subset):
+        kth = _top_k_min(subset, k)
+        return kth, tf.reduce_sum(tf.cast(subset >= kth, tf.int32))
+
     if not prefilter:
-        return _top_k_min(values, k)
+        return search(values)
     size = tf.size(values)
     sample_size = tf.maximum(1, tf.cast(tf.cast(size, tf.float32) * _SAMPLE_FRACTION, tf.int32))
     positions = tf.random.stateless_uniform(
@@ -98,11 +108,10 @@ def _kth_largest_value(values, k, prefilter):
         sample_size, tf.cast(tf.math.ceil(expected + 4.0 * tf.sqrt(expected) + 8.0), tf.int32)
     )
     low = _top_k_min(sample, k_sample)
-    candidates = values >= low
+    # Every value >= the k-th largest is in `subset` when it has k or more.
+    subset = tf.boolean_mask(values, values >= low)
     return tf.cond(
-        tf.reduce_sum(tf.cast(candidates, tf.int32)) >= k,
-        lambda: _top_k_min(tf.boolean_mask(values, candidates), k),
-        lambda: _top_k_min(values, k),
+        tf.size(subset) >= k, lambda: search(subset), lambda: search(values)
     )
 
 
@@ -145,7 +154,7 @@ def select_top_k(scores, eligible, k, seed, prefilter_min_size=None):
         prefilter_min_size = PREFILTER_MIN_SIZE
     static_size = flat_scores.shape.num_elements()
     prefilter = static_size is not None and static_size >= prefilter_min_size
-    threshold = _kth_largest_value(candidates, k, prefilter)
+    threshold, count_at_or_above = _kth_largest_value(candidates, k, prefilter)
     # (Ineligible positions hold -inf, below any finite threshold.)
     at_or_above = candidates >= threshold
 
@@ -168,7 +177,7 @@ def select_top_k(scores, eligible, k, seed, prefilter_min_size=None):
     # position is needed and no random draw is made, with the same result
     # as the draw would give.
     chosen = tf.cond(
-        tf.equal(tf.reduce_sum(tf.cast(at_or_above, tf.int32)), k),
+        tf.equal(count_at_or_above, k),
         lambda: at_or_above,
         draw_among_ties,
     )

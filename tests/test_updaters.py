@@ -503,6 +503,8 @@ def test_kth_largest_value_is_exact(prefilter, size, k):
     rng = np.random.default_rng(size + k)
     values = rng.standard_normal(size).astype("float32")
     values[: size // 3] = -np.inf  # ineligible positions, as select_top_k sets them
-    got = float(updaters._kth_largest_value(tf.constant(values), tf.constant(k), prefilter))
+    values[size // 2 : size // 2 + 5] = 0.5  # a tie
+    kth, count = updaters._kth_largest_value(tf.constant(values), tf.constant(k), prefilter)
     expected = np.inf if k == 0 else np.sort(values)[::-1][k - 1]
-    assert got == expected
+    assert float(kth) == expected
+    assert int(count) == int(np.sum(values >= expected))

@@ -68,8 +68,6 @@ a busy one: hence the resumability.
 
 import argparse
 import dataclasses
-import datetime
-import hashlib
 import json
 import math
 import os
@@ -87,6 +85,11 @@ if str(_ROOT) not in sys.path:  # Run from a checkout: `python benchmarks/accura
     sys.path.insert(0, str(_ROOT))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+try:
+    import _common
+except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
+    sys.path.append(str(_ROOT / "benchmarks"))
+    import _common
 from rigl_keras import data as data_lib
 from rigl_keras import distributions
 from rigl_keras import models as models_lib
@@ -378,11 +381,9 @@ def _finalize(spec, partial, final, argv):
         "key": spec.key,
         **dataclasses.asdict(spec),
         "command": _display_command(argv, final),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _common.utc_timestamp(),
     }
-    tmp = final.with_name(final.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, final)
+    _common.write_json(final, result, indent=1, sort_keys=True)
     partial.unlink()
     return result
 
@@ -752,19 +753,15 @@ def write_plot(groups, path):
 def _code_digests():
     root = _ROOT / "rigl_keras"
     files = sorted(root.glob("*.py")) + [_TFMOT_SCRIPT, pathlib.Path(__file__).resolve()]
-    return {_relative(p): hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in files}
+    return _common.file_digests(files, _ROOT)
 
 
 def _machine():
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
     return {
         "platform": platform.platform(),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
-        "load_average": load,
+        "load_average": _common.load_average(ndigits=None),
     }
 
 
@@ -776,12 +773,11 @@ def build_report(config, plan, failures=()):
     targets = evaluate_targets(groups, main_setting)
     done = [s.key for s in plan if finished(config.runs_dir, s)]
     missing = [s.key for s in plan if s.key not in set(done)]
-    command = "python benchmarks/accuracy.py" + (
-        " " + shlex.join(config.argv) if config.argv else "")
+    command = _common.command_line("benchmarks/accuracy.py", config.argv)
     report = {
         "benchmark": "accuracy",
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _common.utc_timestamp(),
         "config": {
             "models": list(config.models),
             "methods": list(config.methods),
@@ -862,9 +858,7 @@ def write_outputs(report, output_dir):
     plot = write_plot(report["groups"], output_dir / "accuracy.png")
     report["plot"] = None if plot is None else plot.name
     (output_dir / "accuracy.md").write_text(report["markdown"], encoding="utf-8")
-    tmp = output_dir / "accuracy.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, output_dir / "accuracy.json")
+    _common.write_json(output_dir / "accuracy.json", report, indent=1)
 
 
 # ----------------------------------------------------------------------
@@ -893,13 +887,6 @@ def _sparsity_list(text):
     return values
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv=None):
     """Parses the sweep's command line."""
     parser = argparse.ArgumentParser(
@@ -911,16 +898,16 @@ def parse_args(argv=None):
     parser.add_argument("--sparsities", type=_sparsity_list,
                         default=list(_DEFAULTS["sparsities"]),
                         help="LeNet-300-100 sparsities.")
-    parser.add_argument("--epochs", type=_positive_int, default=_DEFAULTS["epochs"],
+    parser.add_argument("--epochs", type=_common.positive_int, default=_DEFAULTS["epochs"],
                         help="LeNet-300-100 epochs (all methods).")
     parser.add_argument("--lenet5_methods", type=_list(str, METHODS),
                         default=list(_DEFAULTS["lenet5_methods"]))
     parser.add_argument("--lenet5_sparsities", type=_sparsity_list,
                         default=list(_DEFAULTS["lenet5_sparsities"]))
-    parser.add_argument("--lenet5_epochs", type=_positive_int,
+    parser.add_argument("--lenet5_epochs", type=_common.positive_int,
                         default=_DEFAULTS["lenet5_epochs"])
     parser.add_argument("--seeds", type=_list(int), default=list(_DEFAULTS["seeds"]))
-    parser.add_argument("--steps_per_epoch", type=_positive_int, default=None,
+    parser.add_argument("--steps_per_epoch", type=_common.positive_int, default=None,
                         help="Cap on the steps of an epoch (quick checks only).")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS folder (default: TFDS_DATA_DIR or TFDS's).")
@@ -930,7 +917,7 @@ def parse_args(argv=None):
     parser.add_argument("--log_dir",
                         default=os.path.join(tempfile.gettempdir(), "rigl_keras_accuracy_logs"),
                         help="Per-run trainer logs.")
-    parser.add_argument("--max_runs", type=_positive_int, default=None,
+    parser.add_argument("--max_runs", type=_common.positive_int, default=None,
                         help="Stop after this many new runs.")
     parser.add_argument("--only_aggregate", action="store_true",
                         help="Train nothing; rewrite the outputs from the run JSONs.")

@@ -46,14 +46,11 @@ markdown table that is also printed to stdout.
 
 import argparse
 import collections
-import datetime
 import gzip
 import importlib.metadata
-import json
 import os
 import pathlib
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -72,6 +69,12 @@ except ImportError:  # Run from a checkout: `python benchmarks/export.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras  # pylint: disable=wrong-import-position
 from rigl_keras.callbacks import random_mask  # pylint: disable=wrong-import-position
+
+try:
+    import _common  # pylint: disable=wrong-import-position
+except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
+    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
+    import _common  # pylint: disable=wrong-import-position
 
 try:
     from ai_edge_litert import interpreter as litert  # pylint: disable=wrong-import-position
@@ -334,17 +337,6 @@ def time_interpreters(interpreters, x, rounds, runs, warmup=20):
 # Machine.
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(package):
     try:
         return importlib.metadata.version(package)
@@ -354,19 +346,9 @@ def _version(package):
 
 def machine_facts():
     """Facts about the machine and software that affect the numbers."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
     return {
-        "cpu_model": _cpu_model(),
-        "nproc": os.cpu_count(),
-        "cpus_available": affinity,
-        "load_average_at_start": load,
+        **_common.cpu_facts(),
+        "load_average_at_start": _common.load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -374,7 +356,7 @@ def machine_facts():
         "numpy": np.__version__,
         "ai_edge_litert": _version("ai-edge-litert"),
         "rigl_keras": rigl_keras.__version__,
-        "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
+        "env": _common.env_vars(_ENV_VARS),
     }
 
 
@@ -559,16 +541,14 @@ def main(argv=None):
     rows = run(args)
     table = markdown_table(rows)
     checks = check_target(rows)
-    try:
-        facts["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
+    load = _common.load_average()
+    if load is not None:
+        facts["load_average_at_end"] = load
     result = {
-        "command": " ".join(
-            ["python", "benchmarks/export.py"]
-            + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+        "command": _common.command_line(
+            "benchmarks/export.py", sys.argv[1:] if argv is None else argv
         ),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _common.utc_timestamp(),
         "duration_s": round(time.time() - started, 1),
         "machine": facts,
         "config": {
@@ -590,8 +570,7 @@ def main(argv=None):
         "results": rows,
         "table": table,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    _common.write_json(args.output, result)
     print(table)
     for check in checks:
         status = "PASS" if check["pass"] else "MISS"

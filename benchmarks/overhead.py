@@ -64,15 +64,10 @@ that is also printed to stdout.
 """
 
 import argparse
-import datetime
 import gc
-import hashlib
-import json
 import os
 import pathlib
 import platform
-import shlex
-import statistics
 import sys
 import time
 
@@ -85,6 +80,12 @@ try:
 except ImportError:  # Run from a checkout: `python benchmarks/overhead.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras
+
+try:
+    import _common
+except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
+    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
+    import _common
 
 _MODELS = ("lenet300_100", "cnn")
 _VARIANTS = ("plain", "plain_sync", "static", "rigl")
@@ -306,7 +307,7 @@ def time_variant(name, variant, dataset, config):
         "sparsity": zeros / total if total else 0.0,
         "jit_compile": bool(model.jit_compile),
         "num_params": int(model.count_params()),
-        "load_average": (_load_average() or [None])[0],
+        "load_average": (_common.load_average() or [None])[0],
     }
 
 
@@ -314,26 +315,9 @@ def time_variant(name, variant, dataset, config):
 # Machine facts.
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gib():
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+    total = _common.meminfo_gib("MemTotal")
+    return None if total is None else round(total, 1)
 
 
 def machine_facts():
@@ -342,14 +326,8 @@ def machine_facts():
     Returns:
         A JSON-serializable dict.
     """
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
     return {
-        "cpu_model": _cpu_model(),
-        "nproc": os.cpu_count(),
-        "cpus_available": affinity,
+        **_common.cpu_facts(),
         "memory_gib": _memory_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -360,25 +338,14 @@ def machine_facts():
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
-        "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
+        "env": _common.env_vars(_ENV_VARS),
     }
-
-
-def _load_average():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # ----------------------------------------------------------------------
 # Statistics and report.
 
 _KINDS = ("fit", "steady", "cpu")
-
-
-def _median(values):
-    return statistics.median(values) if values else None
 
 
 def per_step_seconds(run, steps_per_epoch):
@@ -445,13 +412,13 @@ def summarize(runs, steps_per_epoch, targets=None):
         variants[variant] = {
             "repetitions": reps,
             "ms_per_step": {k: [1e3 * x for x in v] for k, v in series.items()},
-            "median_ms_per_step": {k: 1e3 * _median(v) for k, v in series.items()},
+            "median_ms_per_step": {k: 1e3 * _common.median(v) for k, v in series.items()},
         }
         if "steady" in series:
             # What the fit cost beyond `steps` steady-state steps: per-fit
             # set-up (tracing, first update), to extrapolate to longer fits.
             steps = steps_per_epoch * len(reps[0]["epoch_seconds"])
-            variants[variant]["median_setup_seconds"] = _median(
+            variants[variant]["median_setup_seconds"] = _common.median(
                 [r["fit_seconds"] - steps * row["steady"] for r, row in zip(reps, rows)]
             )
     ratios = {}
@@ -464,9 +431,9 @@ def summarize(runs, steps_per_epoch, targets=None):
         for kind, values in per_step[variant].items():
             paired = [v / b for v, b in zip(values, base[kind])]
             ratios[variant][kind] = {
-                "paired_median": _median(paired),
+                "paired_median": _common.median(paired),
                 "paired": paired,
-                "ratio_of_medians": _median(values) / _median(base[kind]),
+                "ratio_of_medians": _common.median(values) / _common.median(base[kind]),
             }
         if variant in targets:
             measured = {k: r["paired_median"] for k, r in ratios[variant].items()}
@@ -529,21 +496,11 @@ def markdown_table(results):
 def _code_digests():
     """Short SHA-256 digests of the library files the timings depend on."""
     root = pathlib.Path(rigl_keras.__file__).resolve().parent
-    return {
-        f"rigl_keras/{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        for path in sorted(root.glob("*.py"))
-    }
+    return _common.file_digests(sorted(root.glob("*.py")), root.parent)
 
 
 # ----------------------------------------------------------------------
 # Driver.
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _name_list(allowed):
@@ -578,21 +535,21 @@ def parse_args(argv=None):
                         + " (plain_sync: plain Keras plus a no-op batch "
                         "callback, which turns off Keras' asynchronous "
                         "callback dispatch as RigLCallback does)")
-    parser.add_argument("--repeats", type=_positive_int, default=7,
+    parser.add_argument("--repeats", type=_common.positive_int, default=7,
                         help="repetitions (medians are taken over them)")
-    parser.add_argument("--steps", type=_positive_int, default=400,
+    parser.add_argument("--steps", type=_common.positive_int, default=400,
                         help="optimizer steps of each timed fit (rounded down "
                              "to a multiple of --epochs)")
-    parser.add_argument("--epochs", type=_positive_int, default=4,
+    parser.add_argument("--epochs", type=_common.positive_int, default=4,
                         help="epochs the timed steps are split into (>= 2 for "
                              "the steady-state number)")
-    parser.add_argument("--warmup_steps", type=_positive_int, default=10,
+    parser.add_argument("--warmup_steps", type=_common.positive_int, default=10,
                         help="steps of the warm-up fit (traces the train step)")
-    parser.add_argument("--batch_size", type=_positive_int, default=128)
-    parser.add_argument("--num_examples", type=_positive_int, default=128 * 200,
+    parser.add_argument("--batch_size", type=_common.positive_int, default=128)
+    parser.add_argument("--num_examples", type=_common.positive_int, default=128 * 200,
                         help="distinct synthetic examples (cycled)")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--update_freq", type=_positive_int, default=100,
+    parser.add_argument("--update_freq", type=_common.positive_int, default=100,
                         help="RigL's ΔT in optimizer steps")
     parser.add_argument("--learning_rate", type=float, default=0.01)
     parser.add_argument("--jit_compile", choices=("auto", "true", "false"),
@@ -632,7 +589,7 @@ def run(config):
     steps = steps_per_epoch * config.epochs
     variants = list(config.variants)
     runs = {name: {variant: [] for variant in variants} for name in config.models}
-    load_before = _load_average()
+    load_before = _common.load_average()
     started = time.perf_counter()
     for name in config.models:
         dataset = make_dataset(name, config.num_examples, config.batch_size, config.seed)
@@ -659,10 +616,8 @@ def run(config):
     )
     return {
         "benchmark": "overhead",
-        "command": " ".join(
-            ["python", "benchmarks/overhead.py"] + [shlex.quote(a) for a in config.argv]
-        ),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _common.command_line("benchmarks/overhead.py", config.argv),
+        "date": _common.utc_timestamp(),
         "duration_seconds": round(time.perf_counter() - started, 1),
         "config": {
             "models": list(config.models),
@@ -689,7 +644,7 @@ def run(config):
         "machine": {
             **machine_facts(),
             "load_average_before": load_before,
-            "load_average_after": _load_average(),
+            "load_average_after": _common.load_average(),
         },
         "code": _code_digests(),
         "targets": {
@@ -719,9 +674,7 @@ def main(argv=None):
     print(report["markdown"])
     print(f"\nTargets met (fit ratio): {report['passed']}")
     if config.output:
-        output = pathlib.Path(config.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        output = _common.write_json(config.output, report)
         print(f"Wrote {output}")
     return report
 

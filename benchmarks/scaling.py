@@ -25,13 +25,14 @@ with `--worker ...`, printing one `RESULT {json}` line):
   `get_memory_info("CPU:0")` reports 0 on CPU). The log-log slope of the
   median time against `N` is fitted by least squares over all sizes and over
   the two largest (small sizes are dominated by fixed per-call costs). The
-  update is O(N log k) (`tf.math.top_k` with `k = 0.3 * nnz = 0.03 N`,
-  after an O(N) seeded shuffle and element-wise passes), so the expected
-  slope is slightly above 1: d log(N log(cN)) / d log N = 1 + 1 / ln(cN),
-  about 1.08 at `cN` = 3e5. Memory-bound passes over tensors that
-  outgrow the caches push it up further: the seeded permutation that
-  breaks ties (`select_top_k`) is a random-access shuffle, a gather and a
-  scatter. The CPU time of each of those passes is also reported
+  update is O(N): element-wise passes, and per selection (`select_top_k`,
+  two per update, `k = 0.3 * nnz = 0.03 N`) a `tf.math.top_k` over a random
+  sample of N / 16 scores that bounds the k-th score from below, a pass
+  keeping the scores above that bound (about k of them) and a `top_k` over
+  those alone; so the expected slope is 1, pushed up by memory-bound passes
+  over tensors that outgrow the caches. The CPU time of each of those
+  passes, and of one `top_k` over all N scores for comparison, is also
+  reported
   (`components_cpu_seconds`), to show where the time goes.
 
 * **MirroredStrategy on 1 vs 2 logical CPU devices.** LeNet-300-100 with
@@ -63,20 +64,24 @@ a markdown table (also printed).
 """
 
 import argparse
-import datetime
 import importlib.util
 import json
 import math
 import os
 import pathlib
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 
 _HERE = pathlib.Path(__file__).resolve().parent
+try:
+    import _common
+except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
+    sys.path.append(str(_HERE))
+    import _common
+
 _DEFAULT_OUTPUT = _HERE / "results" / "scaling.json"
 _DEFAULT_SIZES = (10**5, 10**6, 10**7, 10**8)
 _COLUMNS = 1000
@@ -143,20 +148,8 @@ def loglog_slope(sizes, seconds):
     return sxy / sxx
 
 
-def _proc_status_kib(key):
-    """A `kB` field of /proc/self/status (e.g. VmHWM), or None."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _rss_mib():
-    kib = _proc_status_kib("VmRSS")
+    kib = _common.proc_kib("/proc/self/status", "VmRSS")
     return None if kib is None else kib / 1024
 
 
@@ -171,32 +164,10 @@ def _reset_peak_rss():
 
 
 def _peak_rss_mib():
-    kib = _proc_status_kib("VmHWM")
+    kib = _common.proc_kib("/proc/self/status", "VmHWM")
     if kib is None:  # Not Linux: the process's lifetime peak (KiB on Linux).
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024
-
-
-def _mem_available_gib():
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
-
-
-def _load_average():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _median(values):
-    return statistics.median(values) if values else None
 
 
 # ----------------------------------------------------------------------
@@ -304,12 +275,12 @@ def update_worker(size, repeats, seed, min_seconds=2.0):
         "shape": list(shape),
         "update_seconds": times["update"],
         "full_seconds": times["full"],
-        "median_update_seconds": _median(times["update"]),
-        "median_full_seconds": _median(times["full"]),
+        "median_update_seconds": _common.median(times["update"]),
+        "median_full_seconds": _common.median(times["full"]),
         "update_cpu_seconds": cpu_times["update"],
         "full_cpu_seconds": cpu_times["full"],
-        "median_update_cpu_seconds": _median(cpu_times["update"]),
-        "median_full_cpu_seconds": _median(cpu_times["full"]),
+        "median_update_cpu_seconds": _common.median(cpu_times["update"]),
+        "median_full_cpu_seconds": _common.median(cpu_times["full"]),
         "nnz_before": nnz_before,
         "nnz_after": int(tf.reduce_sum(mask_var.value).numpy()),
         "changed": changed,
@@ -324,28 +295,36 @@ def update_worker(size, repeats, seed, min_seconds=2.0):
 def _time_components(tf, kernel, scores, size, repeats, seed):
     """Median CPU seconds of the passes `select_top_k` makes over `size`.
 
-    One `select_top_k` (the update makes two) is: a seeded permutation of
-    the positions (`stateless_shuffle`), the scores gathered in that order,
-    `top_k` with `k = 0.03 * size`, and a scatter of the `k` picks back;
-    around them the update makes element-wise passes (`abs`, `where`,
-    casts). Each runs alone in a `tf.function` (traced first, untimed).
+    One `select_top_k` (the update makes two) is: `top_k` over a random
+    sample of `size / 16` scores (`sample_top_k`, which gives a lower bound
+    of the k-th score, `k = 0.03 * size`), the scores at or above that bound
+    kept (`prefilter`) and `top_k` over those (`subset_top_k`); around them
+    the update makes element-wise passes (`abs`, `where`, casts:
+    `elementwise`). `full_top_k` is one `top_k` over all scores, what the
+    selection would cost without the prefilter. Each runs alone in a
+    `tf.function` (traced first, untimed).
     """
+    del seed
     k = int(round((1 - _SPARSITY) * _DROP_FRACTION * size))
-    seed_pair = tf.constant([seed, 2], tf.int64)
     flat = tf.reshape(scores, [-1])
-    order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=seed_pair)
-    picked = order[:k]
+    sample_size = max(1, size // 16)
+    k_sample = min(sample_size, int(k / 16 + 4 * (k / 16) ** 0.5 + 8))
+    positions = tf.random.stateless_uniform(
+        [sample_size], seed=[0, 0], minval=0, maxval=size, dtype=tf.int32
+    )
+    low = tf.reduce_min(tf.math.top_k(tf.gather(flat, positions), k=k_sample).values)
+    subset = tf.boolean_mask(flat, flat >= low)
     functions = {
-        "permutation": (
-            lambda s: tf.random.experimental.stateless_shuffle(tf.range(size), seed=s),
-            (seed_pair,),
+        "sample_top_k": (
+            lambda x, p: tf.math.top_k(tf.gather(x, p), k=k_sample, sorted=False).values,
+            (flat, positions),
         ),
-        "gather_permuted": (tf.gather, (flat, order)),
-        "top_k": (lambda x: tf.math.top_k(x, k=k, sorted=False).indices, (flat,)),
-        "scatter_picks": (
-            lambda p: tf.scatter_nd(p[:, tf.newaxis], tf.ones_like(p, tf.bool), [size]),
-            (picked,),
+        "prefilter": (lambda x, t: tf.boolean_mask(x, x >= t), (flat, low)),
+        "subset_top_k": (
+            lambda x: tf.math.top_k(x, k=min(k, int(subset.shape[0])), sorted=False).values,
+            (subset,),
         ),
+        "full_top_k": (lambda x: tf.math.top_k(x, k=k, sorted=False).values, (flat,)),
         "elementwise": (
             lambda w, g: tf.where(tf.abs(w) > 0, tf.abs(g), -float("inf")),
             (kernel, scores),
@@ -360,7 +339,7 @@ def _time_components(tf, kernel, scores, size, repeats, seed):
             start = time.process_time()
             function(*args).numpy()
             seconds.append(time.process_time() - start)
-        medians[name] = _median(seconds)
+        medians[name] = _common.median(seconds)
     return medians
 
 
@@ -492,8 +471,8 @@ def mirrored_worker(devices, steps_per_epoch, epochs, repeats, update_freq, seed
         "step_seconds": steps,
         "update_seconds": list(rigl.update_seconds),
         "first_update_seconds": first_update,
-        "median_step_seconds": _median(steps),
-        "median_update_seconds": _median(rigl.update_seconds),
+        "median_step_seconds": _common.median(steps),
+        "median_update_seconds": _common.median(rigl.update_seconds),
         "sparsity": rigl.current_sparsity(),
         "zeros_match_targets": all(
             z == int(expected[name]) for name, counts in zeros.items() for z in counts
@@ -620,13 +599,6 @@ def _int_list(text):
     return values
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv=None):
     """Parses the command line.
 
@@ -640,18 +612,18 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=_int_list, default=list(_DEFAULT_SIZES),
                         help="kernel sizes in parameters, multiples of 1000 "
                              "(1e5 notation allowed)")
-    parser.add_argument("--repeats", type=_positive_int, default=5,
+    parser.add_argument("--repeats", type=_common.positive_int, default=5,
                         help="timed calls per size / timed fits per device count")
     parser.add_argument("--min_seconds", type=float, default=2.0,
                         help="per size, keep timing (up to 10x --repeats "
                              "calls) until the calls add up to this")
     parser.add_argument("--devices", type=_int_list, default=[1, 2],
                         help="logical CPU device counts for MirroredStrategy")
-    parser.add_argument("--steps_per_epoch", type=_positive_int, default=100)
-    parser.add_argument("--epochs", type=_positive_int, default=2)
-    parser.add_argument("--update_freq", type=_positive_int, default=25)
+    parser.add_argument("--steps_per_epoch", type=_common.positive_int, default=100)
+    parser.add_argument("--epochs", type=_common.positive_int, default=2)
+    parser.add_argument("--update_freq", type=_common.positive_int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=_positive_int, default=3600,
+    parser.add_argument("--timeout", type=_common.positive_int, default=3600,
                         help="seconds allowed to each worker process")
     parser.add_argument("--output", default=str(_DEFAULT_OUTPUT),
                         help="JSON file to write; '' to write none")
@@ -672,11 +644,11 @@ def parse_args(argv=None):
 def run(config):
     """Runs the benchmark described by `config`; returns the report dict."""
     started = time.perf_counter()
-    load_before = _load_average()
+    load_before = _common.load_average()
     common = ["--repeats", str(config.repeats), "--seed", str(config.seed)]
     update_rows = []
     for size in sorted(config.sizes):
-        available = _mem_available_gib()
+        available = _common.meminfo_gib("MemAvailable")
         needed = _BYTES_PER_PARAM_NEEDED * size / 2**30
         if available is not None and available < needed:
             update_rows.append({
@@ -717,10 +689,8 @@ def run(config):
               file=sys.stderr, flush=True)
     return {
         "benchmark": "scaling",
-        "command": " ".join(
-            ["python", "benchmarks/scaling.py"] + [shlex.quote(a) for a in config.argv]
-        ),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _common.command_line("benchmarks/scaling.py", config.argv),
+        "date": _common.utc_timestamp(),
         "duration_seconds": round(time.perf_counter() - started, 1),
         "config": {
             "sizes": sorted(config.sizes),
@@ -744,7 +714,7 @@ def run(config):
         "machine": {
             **_machine_facts(),
             "load_average_before": load_before,
-            "load_average_after": _load_average(),
+            "load_average_after": _common.load_average(),
             "note": "shared, busy machine: medians; absolute times drift",
         },
         "update": update_rows,
@@ -783,9 +753,7 @@ def main(argv=None):
     report = run(config)
     print(report["markdown"])
     if config.output:
-        output = pathlib.Path(config.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        output = _common.write_json(config.output, report)
         print(f"Wrote {output}")
     return report
 

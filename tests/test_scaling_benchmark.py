@@ -86,7 +86,7 @@ def test_update_rows(tiny_report, index, size):
     assert len(row["full_cpu_seconds"]) == len(row["full_seconds"])
     assert row["median_full_cpu_seconds"] > 0
     assert list(row["components_cpu_seconds"]) == [
-        "permutation", "gather_permuted", "top_k", "scatter_picks", "elementwise"]
+        "sample_top_k", "prefilter", "subset_top_k", "full_top_k", "elementwise"]
     assert row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0
     assert row["extra_peak_mib"] == pytest.approx(
         row["peak_rss_mib"] - row["baseline_rss_mib"]
@@ -131,7 +131,7 @@ def test_markdown_lists_every_row(tiny_report):
     assert "| 1e+03 |" in table and "| 4e+03 |" in table
     assert "Log-log slope" in table
     assert "| 1 | 1 |" in table and "| 2 | 2 |" in table
-    assert "| parameters | permutation CPU ms | gather_permuted CPU ms |" in table
+    assert "| parameters | sample_top_k CPU ms | prefilter CPU ms |" in table
 
 
 # ---------------------------------------------------------------------------

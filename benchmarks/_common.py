@@ -1,0 +1,259 @@
+"""Helpers shared by the benchmark scripts in this folder.
+
+Machine facts (CPU model, available CPUs, memory, load average, selected
+environment variables), the command line and date recorded in a report,
+short digests of source files, atomic JSON writing and small argparse and
+statistics helpers. The module imports neither TensorFlow nor `rigl_keras`,
+so scripts that keep TensorFlow out of their driver process can use it.
+
+The scripts import it as `_common`: `python benchmarks/<name>.py` puts this
+folder on `sys.path`; a script loaded by path (as the tests do) appends the
+folder itself before the import.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+
+_DIGEST_CHARS = 12
+
+
+# ----------------------------------------------------------------------
+# Machine facts.
+
+
+def cpu_model():
+    """The CPU's model name.
+
+    Returns:
+        The first `model name` of /proc/cpuinfo; where there is none (not
+        Linux, or a CPU without that line), `platform.processor()` or else
+        `platform.machine()`.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpus_available():
+    """How many CPUs this process may run on.
+
+    Returns:
+        The size of the process's CPU affinity set, or None where the
+        platform has no `os.sched_getaffinity`.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
+def cpu_facts():
+    """The CPU facts of a report's `machine` entry.
+
+    Returns:
+        `{"cpu_model": ..., "nproc": ..., "cpus_available": ...}`: the model
+        name (`cpu_model`), `os.cpu_count()` and `cpus_available()`.
+    """
+    return {
+        "cpu_model": cpu_model(),
+        "nproc": os.cpu_count(),
+        "cpus_available": cpus_available(),
+    }
+
+
+def proc_kib(path, field):
+    """A `kB` field of a /proc file such as /proc/meminfo.
+
+    Args:
+        path: The file, e.g. `"/proc/meminfo"` or `"/proc/self/status"`.
+        field: The field name without the colon, e.g. `"MemTotal"`.
+
+    Returns:
+        The field's value in KiB as an int, or None if the file cannot be
+        read or has no such field.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def meminfo_gib(field):
+    """A field of /proc/meminfo in GiB.
+
+    Args:
+        field: The field name, e.g. `"MemTotal"` or `"MemAvailable"`.
+
+    Returns:
+        The value in GiB (unrounded), or None where it cannot be read.
+    """
+    kib = proc_kib("/proc/meminfo", field)
+    return None if kib is None else kib / 2**20
+
+
+def load_average(ndigits=2):
+    """The 1, 5 and 15 minute load averages.
+
+    Args:
+        ndigits: Digits to round each value to; None keeps them as they are.
+
+    Returns:
+        A list of three floats, or None where the load average is not
+        available.
+    """
+    try:
+        load = os.getloadavg()
+    except OSError:
+        return None
+    if ndigits is None:
+        return list(load)
+    return [round(v, ndigits) for v in load]
+
+
+def env_vars(names):
+    """The environment variables among `names` that are set.
+
+    Args:
+        names: Variable names, e.g. `("OMP_NUM_THREADS",)`.
+
+    Returns:
+        A dict from each set name (in the order of `names`) to its value.
+    """
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+# ----------------------------------------------------------------------
+# Report fields and files.
+
+
+def utc_timestamp():
+    """The current UTC time to the second, e.g. `2026-11-22T10:00:00+00:00`."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line(script, argv):
+    """The shell command that reruns a benchmark.
+
+    Args:
+        script: The script's path from the repository root, e.g.
+            `"benchmarks/overhead.py"`.
+        argv: The arguments, without the program name.
+
+    Returns:
+        `python <script> <args>`, each argument quoted for a POSIX shell.
+
+    Example:
+
+    >>> command_line("benchmarks/scaling.py", ["--sizes", "1000,4000", "--output", ""])
+    "python benchmarks/scaling.py --sizes 1000,4000 --output ''"
+    """
+    return shlex.join(["python", script, *argv])
+
+
+def file_digest(path):
+    """A short SHA-256 digest of a file's bytes.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The first 12 hex digits of the SHA-256 of its content.
+    """
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:_DIGEST_CHARS]
+
+
+def file_digests(paths, root):
+    """Short digests of files, keyed by their paths relative to `root`.
+
+    Args:
+        paths: The files, in the order the result should have.
+        root: The folder the keys are relative to.
+
+    Returns:
+        A dict from each file's POSIX path relative to `root` (its absolute
+        path if it is not below `root`) to `file_digest` of it.
+    """
+    root = pathlib.Path(root).resolve()
+    digests = {}
+    for path in paths:
+        path = pathlib.Path(path).resolve()
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            name = str(path)
+        digests[name] = file_digest(path)
+    return digests
+
+
+def write_json(path, data, indent=2, sort_keys=False):
+    """Writes `data` as JSON (with a final newline), atomically.
+
+    The text goes to `<path>.tmp` first, which then replaces `path`, so a
+    reader never sees a half-written file. Missing parent folders are
+    created.
+
+    Args:
+        path: The file to write.
+        data: A JSON-serializable value.
+        indent: Indentation of `json.dumps`.
+        sort_keys: Whether to sort the keys of every dict.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------
+# Command line and statistics.
+
+
+def positive_int(text):
+    """An argparse `type` for integers >= 1.
+
+    Args:
+        text: The argument as given on the command line.
+
+    Returns:
+        The integer.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is below 1.
+        ValueError: If `text` is not an integer (argparse reports it).
+    """
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def median(values):
+    """The median of `values`, or None if there are none.
+
+    Example:
+
+    >>> median([3.0, 1.0, 2.0]), median([])
+    (2.0, None)
+    """
+    return statistics.median(values) if values else None

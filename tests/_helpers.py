@@ -1,5 +1,7 @@
 """Small helpers shared by the test files (not a test module)."""
 
+import importlib.util
+
 import keras
 import numpy as np
 
@@ -16,7 +18,23 @@ def mask_arrays(model):
     return {l.name: as_numpy(l.mask) for l in rigl_keras.masked_layers(model)}
 
 
-def compiled_mlp(optimizer, seed=0):
+def load_module(name, path):
+    """Imports the Python file at `path` as a module called `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def regression_data(n=160, seed=0, features=20, outputs=4):
+    """`(x, y)`: standard normal float32 arrays `(n, features)`, `(n, outputs)`."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype("float32")
+    y = rng.standard_normal((n, outputs)).astype("float32")
+    return x, y
+
+
+def compiled_mlp(optimizer, seed=0, steps_per_execution=1, name=None):
     """20 -> 32 -> 16 -> 4 MLP of MaskedDense layers fc1, fc2, out (mse)."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
@@ -24,6 +42,6 @@ def compiled_mlp(optimizer, seed=0):
         rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
         rigl_keras.MaskedDense(16, activation="relu", name="fc2"),
         rigl_keras.MaskedDense(4, name="out"),
-    ])
-    model.compile(optimizer, "mse")
+    ], name=name)
+    model.compile(optimizer, "mse", steps_per_execution=steps_per_execution)
     return model

@@ -21,16 +21,15 @@ from rigl_keras import distributions
 from rigl_keras import models
 from rigl_keras import train as train_lib
 
+import _helpers  # tests/_helpers.py
+
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(
+    return _helpers.load_module(
         f"{name}_benchmark", _ROOT / "benchmarks" / f"{name}.py"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 accuracy = _load("accuracy")

@@ -6,7 +6,6 @@ checked on hand-made timings.
 """
 
 import doctest
-import importlib.util
 import json
 import math
 import pathlib
@@ -16,18 +15,12 @@ import pytest
 
 import rigl_keras
 
+import _helpers  # tests/_helpers.py
+
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SCRIPT = _ROOT / "benchmarks" / "overhead.py"
 
-
-def _load_overhead():
-    spec = importlib.util.spec_from_file_location("overhead_benchmark", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = _load_overhead()
+overhead = _helpers.load_module("overhead_benchmark", _SCRIPT)
 
 _TINY = [
     "--models", "lenet300_100,cnn",

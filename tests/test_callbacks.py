@@ -34,6 +34,8 @@ from rigl_keras import callbacks as callbacks_lib
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 
+import _helpers  # tests/_helpers.py
+
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
 _REPO_ROOT = _TESTS_DIR.parent
 
@@ -49,28 +51,16 @@ _RIGL_WARNINGS = ("mask update", "dense gradient", "already has a sparse mask")
 # ---------------------------------------------------------------------------
 
 
-def _data(n=160, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 20)).astype("float32")
-    y = rng.standard_normal((n, 4)).astype("float32")
-    return x, y
+_data = _helpers.regression_data
 
 
 def _mlp(optimizer=None, steps_per_execution=1, seed=0):
-    """20 -> 32 -> 16 -> 4 MLP of MaskedDense layers fc1, fc2, out."""
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((20,)),
-        rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
-        rigl_keras.MaskedDense(16, activation="relu", name="fc2"),
-        rigl_keras.MaskedDense(4, name="out"),
-    ])
-    model.compile(
+    """`_helpers.compiled_mlp`, by default with SGD(0.05, momentum=0.9)."""
+    return _helpers.compiled_mlp(
         optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
-        "mse",
+        seed=seed,
         steps_per_execution=steps_per_execution,
     )
-    return model
 
 
 def _convnet(seed=0):
@@ -106,15 +96,10 @@ def _step(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
-def _numpy(variable):
-    return np.array(keras.ops.convert_to_numpy(variable))
+_numpy = _helpers.as_numpy
 
 
-def _masks(model):
-    return {
-        layer.name: _numpy(layer.mask)
-        for layer in rigl_keras.masked_layers(model)
-    }
+_masks = _helpers.mask_arrays
 
 
 def _kernels(model):

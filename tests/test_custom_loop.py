@@ -109,6 +109,24 @@ def _fit(callback, epochs=2):
     return model, tracker.zeros
 
 
+def _begun_loop(callback, steps_per_call=1):
+    """`(model, optimizer, loop)`: `_mlp()`, SGD(0.05), a begun CustomLoop."""
+    model = _mlp()
+    optimizer = keras.optimizers.SGD(0.05)
+    loop = rigl_keras.CustomLoop(callback, model, optimizer,
+                                 steps_per_call=steps_per_call)
+    loop.begin()
+    return model, optimizer, loop
+
+
+def _sgd_step(model, optimizer, xb, yb, training=True):
+    """One optimizer step on the MSE of `model(xb)` (inside a tf.function)."""
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(yb - model(xb, training=training)))
+    optimizer.apply(tape.gradient(loss, model.trainable_variables),
+                    model.trainable_variables)
+
+
 def _loop(callback, epochs=2, steps_per_call=1, training=True):
     """The same training as `_fit`, in a GradientTape loop with CustomLoop.
 
@@ -116,20 +134,12 @@ def _loop(callback, epochs=2, steps_per_call=1, training=True):
     after each `loop.step()`.
     """
     x, y = _data()
-    model = _mlp()
-    optimizer = keras.optimizers.SGD(0.05)
-    loop = rigl_keras.CustomLoop(callback, model, optimizer,
-                                 steps_per_call=steps_per_call)
-    loop.begin()
+    model, optimizer, loop = _begun_loop(callback, steps_per_call)
 
     @tf.function
     def train_step(xs, ys):
         for i in range(steps_per_call):
-            with tf.GradientTape() as tape:
-                pred = model(xs[i], training=training)
-                loss = tf.reduce_mean(tf.square(ys[i] - pred))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
+            _sgd_step(model, optimizer, xs[i], ys[i], training=training)
 
     batches = [
         (x[i:i + _BATCH], y[i:i + _BATCH]) for i in range(0, len(x), _BATCH)
@@ -179,17 +189,11 @@ def test_matches_fit_with_same_config_and_seed():
 def test_masks_change_at_update_steps_only():
     callback = _rigl()
     x, y = _data()
-    model = _mlp()
-    optimizer = keras.optimizers.SGD(0.05)
-    loop = rigl_keras.CustomLoop(callback, model, optimizer)
-    loop.begin()
+    model, optimizer, loop = _begun_loop(callback)
 
     @tf.function
     def train_step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(yb - model(xb, training=True)))
-        optimizer.apply(tape.gradient(loss, model.trainable_variables),
-                        model.trainable_variables)
+        _sgd_step(model, optimizer, xb, yb)
 
     changed, masks = [], _masks(model)
     for step in range(1, 13):
@@ -230,18 +234,12 @@ def test_update_step_skipped_by_a_call_raises():
 
 def _loop_declared_one_running_two(callback):
     x, y = _data()
-    model = _mlp()
-    optimizer = keras.optimizers.SGD(0.05)
-    loop = rigl_keras.CustomLoop(callback, model, optimizer)
-    loop.begin()
+    model, optimizer, loop = _begun_loop(callback)
 
     @tf.function
     def two_steps(xb, yb):
         for _ in range(2):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(yb - model(xb, training=True)))
-            optimizer.apply(tape.gradient(loss, model.trainable_variables),
-                            model.trainable_variables)
+            _sgd_step(model, optimizer, xb, yb)
 
     for _ in range(3):
         two_steps(x[:_BATCH], y[:_BATCH])

@@ -21,6 +21,8 @@ import pytest
 
 import rigl_keras
 
+import _helpers  # tests/_helpers.py
+
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _PACKAGE = _REPO_ROOT / "rigl_keras"
 _BATCH = 16
@@ -57,17 +59,10 @@ class _MaskHistory(keras.callbacks.Callback):
 
 def _run(seed, global_seed=0):
     """Trains the MLP (model init from `global_seed`), returns mask history."""
-    keras.utils.set_random_seed(global_seed)
-    model = keras.Sequential([
-        keras.Input((20,)),
-        rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
-        rigl_keras.MaskedDense(16, activation="relu", name="fc2"),
-        rigl_keras.MaskedDense(4, name="out"),
-    ])
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((160, 20)).astype("float32")
-    y = rng.standard_normal((160, 4)).astype("float32")
+    model = _helpers.compiled_mlp(
+        keras.optimizers.SGD(0.05, momentum=0.9), seed=global_seed
+    )
+    x, y = _helpers.regression_data()
     history = _MaskHistory()
     rigl = rigl_keras.RigLCallback(sparsity=0.8, update_freq=4, end_step=16,
                                    drop_fraction_schedule="constant", seed=seed)

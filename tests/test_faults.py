@@ -42,23 +42,13 @@ def _step(model):
 _masks = _helpers.mask_arrays
 
 
-def _data(n=160, seed=0, features=20, outputs=4):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, features)).astype("float32")
-    y = rng.standard_normal((n, outputs)).astype("float32")
-    return x, y
+_data = _helpers.regression_data
 
 
 def _mlp(seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((20,)),
-        rigl_keras.MaskedDense(32, activation="relu", name="fc1"),
-        rigl_keras.MaskedDense(16, activation="relu", name="fc2"),
-        rigl_keras.MaskedDense(4, name="out"),
-    ], name=f"mlp_{seed}")
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
-    return model
+    return _helpers.compiled_mlp(
+        keras.optimizers.SGD(0.05, momentum=0.9), seed=seed, name=f"mlp_{seed}"
+    )
 
 
 class _Snapshots(keras.callbacks.Callback):

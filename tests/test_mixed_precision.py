@@ -71,10 +71,8 @@ def policy(request):
 
 
 def _data(n=160, seed=0, scale=1.0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 20)).astype("float32")
-    y = scale * rng.standard_normal((n, 4)).astype("float32")
-    return x, y
+    x, y = _helpers.regression_data(n, seed)
+    return x, scale * y
 
 
 _mlp = _helpers.compiled_mlp

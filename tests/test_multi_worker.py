@@ -19,7 +19,6 @@ out; RigL at sparsity 0.9 (ERK), update_freq 4, end_step 24, 28 steps of
 global batch 32 (16 per worker).
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -31,6 +30,8 @@ import time
 
 import numpy as np
 import pytest
+
+import _helpers  # tests/_helpers.py
 
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
 _REPO_ROOT = _TESTS_DIR.parent
@@ -53,14 +54,7 @@ _UPSTREAM_FIT_BUG = (
 )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("_multi_worker_script", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_script = _load_script()
+_script = _helpers.load_module("_multi_worker_script", _SCRIPT)
 
 
 # ---------------------------------------------------------------------------

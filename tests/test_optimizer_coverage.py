@@ -78,11 +78,7 @@ _CASES = [
 _RIGL_WARNINGS = ("mask update", "dense gradient", "already has a sparse mask")
 
 
-def _data(n=160, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 20)).astype("float32")
-    y = rng.standard_normal((n, 4)).astype("float32")
-    return x, y
+_data = _helpers.regression_data
 
 
 _mlp = _helpers.compiled_mlp

@@ -7,25 +7,18 @@ update, 90% sparsity under MirroredStrategy), not the timings.
 """
 
 import doctest
-import importlib.util
 import json
 import math
 import pathlib
 
 import pytest
 
+import _helpers  # tests/_helpers.py
+
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SCRIPT = _ROOT / "benchmarks" / "scaling.py"
 
-
-def _load_scaling():
-    spec = importlib.util.spec_from_file_location("scaling_benchmark", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-scaling = _load_scaling()
+scaling = _helpers.load_module("scaling_benchmark", _SCRIPT)
 
 _TINY = [
     "--sizes", "1000,4000",

@@ -315,7 +315,7 @@ class MaskUpdater:
         dropped = tf.logical_and(active, tf.logical_not(new_active))
         # Active before and after (kept, or dropped and regrown): old value.
         stays = tf.logical_and(new_active, active)
-        if self.grow_init == "zeros":
+        if self.grow_init == "zeros" and type(self).grow_values is MaskUpdater.grow_values:
             new_kernel = tf.where(stays, kernel, tf.zeros_like(kernel))
         else:
             init = tf.cast(self.grow_values(kernel, mask, seeds[0]), kernel.dtype)

@@ -185,6 +185,20 @@ def test_grow_init_zeros_and_random_normal():
     np.testing.assert_array_equal(again, kernel)
 
 
+def test_overridden_grow_values_hook_is_used():
+    class GrowAtSeven(RigL):
+        def grow_values(self, kernel, mask, seed):
+            return tf.fill(tf.shape(kernel), 7.0)
+
+    result = GrowAtSeven().update(
+        kernel=tf.constant([[0.5, 0.0], [0.1, 0.0]]),
+        mask=tf.constant([[1.0, 0.0], [1.0, 0.0]]),
+        gradient=tf.constant([[0.0, 0.9], [0.0, 0.2]]),
+        drop_fraction=0.5, seed=[0, 0])
+    # 0.1 is dropped, (0, 1) grown at 7.0; 0.5 keeps its value.
+    np.testing.assert_array_equal(result.kernel.numpy(), [[0.5, 7.0], [0.0, 0.0]])
+
+
 def test_random_normal_uses_the_spread_of_active_weights():
     rng = np.random.default_rng(1)
     size = 4000

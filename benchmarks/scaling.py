@@ -268,7 +268,7 @@ def update_worker(size, repeats, seed, min_seconds=2.0):
             call += 1
     peak = _peak_rss_mib()
     extra = None if baseline is None else max(0.0, peak - baseline)
-    components = _time_components(tf, kernel.value, gradient, size, repeats, seed)
+    components = _time_components(tf, kernel.value, gradient, size, repeats)
     return {
         "components_cpu_seconds": components,
         "size": size,
@@ -292,7 +292,7 @@ def update_worker(size, repeats, seed, min_seconds=2.0):
     }
 
 
-def _time_components(tf, kernel, scores, size, repeats, seed):
+def _time_components(tf, kernel, scores, size, repeats):
     """Median CPU seconds of the passes `select_top_k` makes over `size`.
 
     One `select_top_k` (the update makes two) is: `top_k` over a random
@@ -304,7 +304,6 @@ def _time_components(tf, kernel, scores, size, repeats, seed):
     selection would cost without the prefilter. Each runs alone in a
     `tf.function` (traced first, untimed).
     """
-    del seed
     k = int(round((1 - _SPARSITY) * _DROP_FRACTION * size))
     flat = tf.reshape(scores, [-1])
     sample_size = max(1, size // 16)

@@ -101,6 +101,31 @@ def _next_update_step(step, begin_step, end_step, update_freq):
     return candidate if candidate <= end_step else None
 
 
+def _count_true(condition):
+    """The exact number of true entries of a boolean tensor (int64 scalar).
+
+    Sums in int32 when the tensor is small enough for it (half the memory
+    traffic of int64).
+    """
+    size = condition.shape.num_elements()
+    dtype = tf.int32 if size is not None and size < 2**31 else tf.int64
+    return tf.cast(tf.reduce_sum(tf.cast(condition, dtype)), tf.int64)
+
+
+def _sparsities(zero_counts, layers):
+    """`{layer_name: fraction of zeros}` from per-layer zero counts."""
+    return {
+        layer.name: zero_counts[layer.name] / max(1, int(np.prod(layer.mask.shape)))
+        for layer in layers
+    }
+
+
+def _overall_sparsity(zero_counts, layers):
+    """Fraction of zeros over all the layers' masks from zero counts."""
+    total = sum(int(np.prod(layer.mask.shape)) for layer in layers)
+    return sum(zero_counts[layer.name] for layer in layers) / total if total else 0.0
+
+
 class MaskCallback(keras.callbacks.Callback):
     """Base of the callbacks that change masks at scheduled optimizer steps.
 
@@ -195,9 +220,13 @@ class MaskCallback(keras.callbacks.Callback):
         self.verbose = int(verbose)
         self._bound_model = None
         self._custom_loop_optimizer = None  # set by rigl_keras.CustomLoop
+        self._optimizer = None
         self._warned_non_finite = set()
         self._layers = []
         self._targets = {}
+        self._zero_counts = {}  # {layer_name: zeros in its mask}, kept current
+        self._model_cache = {}
+        self._model_cache_key = None
 
     # ------------------------------------------------------------------
     # Public state.
@@ -214,16 +243,11 @@ class MaskCallback(keras.callbacks.Callback):
 
     def layer_sparsities(self):
         """`{layer_name: fraction of zeros in its mask}` now."""
-        return {
-            layer.name: float(np.mean(np.asarray(layer.mask) == 0))
-            for layer in self._layers
-        }
+        return _sparsities(self._mask_zero_counts(), self._layers)
 
     def current_sparsity(self):
         """Overall fraction of zeros across all masked kernels (a float)."""
-        zeros = sum(float(np.sum(np.asarray(l.mask) == 0)) for l in self._layers)
-        total = sum(int(np.prod(l.mask.shape)) for l in self._layers)
-        return zeros / total if total else 0.0
+        return _overall_sparsity(self._mask_zero_counts(), self._layers)
 
     # ------------------------------------------------------------------
     # Callback hooks.
@@ -299,13 +323,63 @@ class MaskCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["sparsity"] = self.current_sparsity()
-        for name, value in self.layer_sparsities().items():
+        # Counted on device at the start of fit() and at every update (the
+        # only times masks change in training), so no extra device call.
+        zero_counts = self._zero_counts
+        logs["sparsity"] = _overall_sparsity(zero_counts, self._layers)
+        for name, value in _sparsities(zero_counts, self._layers).items():
             logs[f"sparsity/{name}"] = value
         logs.update(self._extra_logs())
 
     # ------------------------------------------------------------------
     # Shared machinery.
+
+    def _cached_for_model(self, name, build):
+        """What `build()` returns, built once per model state.
+
+        For traced functions and the variables they use: a traced function
+        holds the variables it touched when traced, the masked layers' and
+        the optimizer's. The cache is kept across fit() calls while both are
+        the same and emptied when they are not (another optimizer after
+        `model.compile`, for one).
+
+        Args:
+            name: Cache key.
+            build: Callable returning the object to cache.
+
+        Returns:
+            The cached or freshly built object.
+        """
+        layer_ids = [id(layer) for layer in self._layers]
+        if (
+            self._model_cache_key is None
+            or self._model_cache_key[0] != layer_ids
+            or self._model_cache_key[1] is not self._optimizer
+        ):
+            self._model_cache = {}
+            self._model_cache_key = (layer_ids, self._optimizer)
+        if name not in self._model_cache:
+            self._model_cache[name] = build()
+        return self._model_cache[name]
+
+    def _mask_zero_counts(self):
+        """`{layer_name: number of zeros in its mask}`, counted in one call."""
+        def build():
+            layers = list(self._layers)
+
+            @tf.function
+            def count_zeros():
+                return tf.stack([
+                    _count_true(tf.equal(tf.convert_to_tensor(layer.mask), 0))
+                    for layer in layers
+                ])
+
+            return count_zeros
+
+        if not self._layers:
+            return {}
+        counts = self._cached_for_model("count_zeros", build)().numpy()
+        return {layer.name: int(c) for layer, c in zip(self._layers, counts)}
 
     def _aligned_arguments(self):
         """`(name, value)` pairs that must be multiples of steps_per_execution."""
@@ -519,7 +593,9 @@ class RigLCallback(MaskCallback):
         self.grow_init = grow_init
         self.seed = seed
         self._record_step = None
-        self._update_function = None
+        self._recorders_optimizer = None
+        self._train_functions = None
+        self._own_train_functions = ()
 
     # ------------------------------------------------------------------
     # Serialization.
@@ -567,7 +643,7 @@ class RigLCallback(MaskCallback):
     def on_train_end(self, logs=None):
         if self._record_step is not None:
             self._record_step.assign(-1)  # record nothing outside this fit()
-        if getattr(self, "_train_functions", None):
+        if self._train_functions:
             self._use_train_function("never")
 
     # ------------------------------------------------------------------
@@ -579,50 +655,93 @@ class RigLCallback(MaskCallback):
         self._resolved_schedule = None
         self._drop_fraction_now = 0.0
         self._churn = {}
-        if [id(l) for l in self._layers] != getattr(self, "_update_layer_ids", None):
-            self._update_function = None  # traced for other layers
-            self._update_layer_ids = [id(l) for l in self._layers]
         self._initialize_masks()
-        self._ever_active = {
-            layer.name: np.asarray(layer.mask) > 0 for layer in self._layers
-        }
 
     def _initialize_masks(self):
         shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
-        zeros = distributions.layer_zero_counts(shapes, self._targets)
-        # A model trained dense before keeps optimizer state (momentum, EMA,
-        # ...) at the positions masked out now, which would move them off
-        # zero at the next step: reset it there (a no-op on a fresh state).
+        targets = distributions.layer_zero_counts(shapes, self._targets)
+        start_training = self._cached_for_model(
+            "start_training", self._build_start_function
+        )
+        with self._strategy.scope():
+            zero_counts = start_training().numpy()
+            fresh = [
+                layer for layer, zeros in zip(self._layers, zero_counts)
+                if zeros == 0 and targets[layer.name] > 0
+            ]
+            for layer in fresh:  # An all-ones mask: draw the initial one.
+                layer.mask.assign(
+                    random_mask(
+                        shapes[layer.name],
+                        targets[layer.name],
+                        _layer_seed(self.seed, layer.name),
+                    )
+                )
+            if fresh:
+                zero_counts = start_training().numpy()
+        self._zero_counts = {
+            layer.name: int(zeros) for layer, zeros in zip(self._layers, zero_counts)
+        }
+        for layer in self._layers:
+            if self._zero_counts[layer.name] != targets[layer.name]:
+                warnings.warn(
+                    f"Layer '{layer.name}' already has a sparse mask with "
+                    f"{self._zero_counts[layer.name]} zeros; keeping it (the "
+                    f"target is {targets[layer.name]}).",
+                    stacklevel=2,
+                )
+        total = sum(int(np.prod(shape)) for shape in shapes.values())
+        self._ever_active_total = total - sum(self._zero_counts.values())
+
+    def _build_start_function(self):
+        """Traces what every fit() starts with, for all layers in one call.
+
+        Zeroes the kernels outside their masks; resets the optimizer state
+        there (a model trained dense before keeps momentum, EMA, ... at the
+        positions masked out now, which would move them off zero at the next
+        step; a no-op on a fresh state); starts the record of positions
+        ever active (in-time over-parameterization) at the current masks; and
+        returns the masks' zero counts.
+        """
         try:
             optimizer_state.check_optimizer_supported(self._optimizer)
             reset_state = True
         except ValueError:  # Allowed for static training (update_freq=None).
             reset_state = False
-        with self._strategy.scope():
-            for layer in self._layers:
-                mask = np.asarray(layer.mask)
-                if np.all(mask == 1.0) and zeros[layer.name] > 0:
-                    layer.mask.assign(
-                        random_mask(
-                            mask.shape,
-                            zeros[layer.name],
-                            _layer_seed(self.seed, layer.name),
-                        )
-                    )
-                elif int(np.sum(mask == 0)) != zeros[layer.name]:
-                    warnings.warn(
-                        f"Layer '{layer.name}' already has a sparse mask with "
-                        f"{int(np.sum(mask == 0))} zeros; keeping it (the "
-                        f"target is {zeros[layer.name]}).",
-                        stacklevel=2,
-                    )
+        layers = list(self._layers)
+        optimizer = self._optimizer
+        ever_active = self._ever_active_variables()
+
+        @tf.function
+        def start_training():
+            zero_counts = []
+            for layer in layers:
                 layer.apply_mask()
+                inactive = tf.equal(tf.convert_to_tensor(layer.mask), 0)
                 if reset_state:
                     optimizer_state.reset_optimizer_state(
-                        self._optimizer,
-                        layer.kernel,
-                        tf.constant(np.asarray(layer.mask) == 0),
+                        optimizer, layer.kernel, inactive
                     )
+                ever_active[layer.name].assign(tf.logical_not(inactive))
+                zero_counts.append(_count_true(inactive))
+            return tf.stack(zero_counts)
+
+        return start_training
+
+    def _ever_active_variables(self):
+        """`{layer_name: bool variable}`: positions active since fit() began."""
+        def build():
+            with self._strategy.scope():
+                return {
+                    layer.name: tf.Variable(
+                        tf.zeros(layer.mask.shape, tf.bool),
+                        trainable=False,
+                        name=f"ever_active_{layer.name}",
+                    )
+                    for layer in self._layers
+                }
+
+        return self._cached_for_model("ever_active", build)
 
     def _start_window(self, epoch):
         """Resolves end_step and the schedule at the first epoch of `fit`."""
@@ -645,8 +764,6 @@ class RigLCallback(MaskCallback):
             return
         self._attach_recorders()
         self._schedule_next_update(self._epoch_start_step)
-        if self._update_function is None:
-            self._build_update_function()
 
     def _next_step_after(self, step):
         return _next_update_step(step, self.begin_step, self._end_step, self.update_freq)
@@ -667,27 +784,26 @@ class RigLCallback(MaskCallback):
         logs = {"drop_fraction": self._drop_fraction_now}
         for name, value in self._churn.items():
             logs[f"churn/{name}"] = value
-        ever = sum(int(v.sum()) for v in self._ever_active.values())
-        total = sum(v.size for v in self._ever_active.values())
-        logs["itop_rate"] = ever / total if total else 0.0
+        total = sum(int(np.prod(layer.mask.shape)) for layer in self._layers)
+        logs["itop_rate"] = self._ever_active_total / total if total else 0.0
         return logs
 
     # ------------------------------------------------------------------
     # Dense-gradient recording.
 
     def _attach_recorders(self):
-        """Gives every masked layer a dense-gradient recorder.
+        """Gives every masked layer a dense-gradient recorder and makes the
+        train function(s) that use them.
 
-        Recorders stay attached between fit() calls of this callback, so a
-        second fit() reuses the train function Keras already traced with
-        them; a first attachment makes Keras trace a fresh one.
+        Recorders and train functions stay attached between fit() calls of
+        this callback and are reused while they are current: the same
+        optimizer, and the model not recompiled since they were traced
+        (`model.compile` drops the train function, and `fit` traces a fresh
+        one, without the callback's choices, before the callback runs).
         """
         if not self.updater.uses_gradient:
             return
-        if self._record_step is not None and all(
-            layer.recorder is not None and layer.recorder.record_step is self._record_step
-            for layer in self._layers
-        ):
+        if self._recorders_current():
             # A fit() interrupted between a recording step and its update
             # (an exception in an earlier callback) left a gradient behind
             # that the next recording would add to.
@@ -695,9 +811,43 @@ class RigLCallback(MaskCallback):
                 for layer in self._layers:
                     if layer.recorder.momentum is None:
                         layer.recorder.reset()
-            if getattr(self, "_train_functions", None):
+        else:
+            self._create_recorders()
+        if self._custom_loop_optimizer is not None:
+            return  # A custom loop traces its own step after CustomLoop.begin().
+        if any(f is self.model.train_function for f in self._own_train_functions):
+            if self._train_functions:
                 self._use_train_function("never")
             return
+        self._train_functions = None
+        if self._can_swap_train_functions():
+            # One train function that records and one that does not; the
+            # callback picks per step (see on_train_batch_begin), so steps
+            # between updates cost what static sparse training costs.
+            self._train_functions = {}
+            for mode in ("always", "never"):
+                self.model.make_train_function(force=True)
+                self._train_functions[mode] = self.model.train_function
+            self._own_train_functions = tuple(self._train_functions.values())
+            self._use_train_function("never")
+        else:
+            self.model.make_train_function(force=True)
+            self._own_train_functions = (self.model.train_function,)
+
+    def _recorders_current(self):
+        """Whether every layer holds a recorder of this callback for the
+        optimizer training now."""
+        return (
+            self._record_step is not None
+            and self._recorders_optimizer is self._optimizer
+            and all(
+                layer.recorder is not None
+                and layer.recorder.record_step is self._record_step
+                for layer in self._layers
+            )
+        )
+
+    def _create_recorders(self):
         momentum = _SNFS_MOMENTUM if isinstance(self.updater, updaters.SNFS) else None
         optimizer = self._optimizer
         with self._strategy.scope():
@@ -711,23 +861,10 @@ class RigLCallback(MaskCallback):
                     self._record_step,
                     momentum=momentum,
                 )
-        # The train function was traced (or would be reused) without the
-        # recorders: make Keras build fresh ones. (A custom loop traces its
-        # own step after CustomLoop.begin().)
+        self._recorders_optimizer = optimizer
+        # Train functions traced before hold no recorder, or other ones.
         self._train_functions = None
-        if self._custom_loop_optimizer is not None:
-            return
-        if self._can_swap_train_functions():
-            # One train function that records and one that does not; the
-            # callback picks per step (see on_train_batch_begin), so steps
-            # between updates cost what static sparse training costs.
-            self._train_functions = {}
-            for mode in ("always", "never"):
-                self.model.make_train_function(force=True)
-                self._train_functions[mode] = self.model.train_function
-            self._use_train_function("never")
-        else:
-            self.model.make_train_function(force=True)
+        self._own_train_functions = ()
 
     def _can_swap_train_functions(self):
         """Per-step choice of train function works when every batch is one
@@ -749,7 +886,7 @@ class RigLCallback(MaskCallback):
         self._recording_mode = mode
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not getattr(self, "_train_functions", None) or not self._updates_left:
+        if not self._train_functions or not self._updates_left:
             return
         wanted = "always" if self._epoch_start_step + batch + 1 == self._next_update else "never"
         if wanted != self._recording_mode:
@@ -766,7 +903,9 @@ class RigLCallback(MaskCallback):
             attached = attached or layer.recorder is not None
             layer.recorder = None
         self._record_step = None
+        self._recorders_optimizer = None
         self._train_functions = None
+        self._own_train_functions = ()
         if attached:
             self.model.train_function = None
 
@@ -779,17 +918,20 @@ class RigLCallback(MaskCallback):
     def _build_update_function(self):
         sparse_layers = self._sparse_layers()
         layer_seeds = [_layer_seed(self.seed, l.name) for l in sparse_layers]
+        ever_active = self._ever_active_variables()
 
         @tf.function
         def update(drop_fraction, step):
             return [
-                self._update_layer(layer, drop_fraction, step, layer_seed)
+                self._update_layer(
+                    layer, drop_fraction, step, layer_seed, ever_active[layer.name]
+                )
                 for layer, layer_seed in zip(sparse_layers, layer_seeds)
             ]
 
-        self._update_function = update
+        return update
 
-    def _update_layer(self, layer, drop_fraction, step, layer_seed):
+    def _update_layer(self, layer, drop_fraction, step, layer_seed, ever_active):
         kernel = tf.convert_to_tensor(layer.kernel)
         mask = tf.convert_to_tensor(layer.mask)
         recorder = layer.recorder
@@ -809,16 +951,30 @@ class RigLCallback(MaskCallback):
             layer.kernel.assign(result.kernel)
             changed = tf.logical_or(result.grown, result.dropped)
             optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, changed)
-            return tf.reduce_sum(tf.cast(result.grown, tf.int64))
+            newly_active = tf.logical_and(result.grown, tf.logical_not(ever_active))
+            ever_active.assign(tf.logical_or(ever_active, result.grown))
+            return (
+                _count_true(result.grown),
+                _count_true(newly_active),
+                _count_true(tf.equal(result.mask, 0)),
+            )
+
+        def skip():
+            return (
+                tf.constant(0, tf.int64),
+                tf.constant(0, tf.int64),
+                _count_true(tf.equal(mask, 0)),
+            )
 
         # A non-finite gradient or kernel leaves the layer untouched.
-        grown = tf.cond(finite, apply_update, lambda: tf.constant(0, tf.int64))
+        grown, newly_active, zeros = tf.cond(finite, apply_update, skip)
         if recorder is not None and recorder.momentum is None:
             recorder.reset()
         return {
             "finite": finite,
             "grown": grown,
-            "nnz": tf.cast(tf.reduce_sum(tf.cast(mask, tf.float64)), tf.int64),
+            "newly_active": newly_active,
+            "zeros": zeros,
             "gradient_is_zero": tf.equal(tf.reduce_max(tf.abs(gradient)), 0.0),
         }
 
@@ -836,11 +992,12 @@ class RigLCallback(MaskCallback):
             self._churn = {layer.name: 0.0 for layer in self._sparse_layers()}
             return
         with self._strategy.scope():
-            results = self._update_function(
-                tf.constant(fraction, tf.float64), tf.constant(step, tf.int64)
-            )
+            update = self._cached_for_model("update", self._build_update_function)
+            results = update(tf.constant(fraction, tf.float64), tf.constant(step, tf.int64))
         total_grown = 0
         for layer, result in zip(self._sparse_layers(), results):
+            self._zero_counts[layer.name] = int(result["zeros"])
+            self._ever_active_total += int(result["newly_active"])
             if not bool(result["finite"]):
                 self._warn_non_finite(layer, step, "mask update")
                 self._churn[layer.name] = 0.0
@@ -855,11 +1012,11 @@ class RigLCallback(MaskCallback):
                 )
             grown = int(result["grown"])
             total_grown += grown
-            self._churn[layer.name] = grown / max(1, int(result["nnz"]))
-            self._ever_active[layer.name] |= np.asarray(layer.mask) > 0
+            size = int(np.prod(layer.mask.shape))
+            self._churn[layer.name] = grown / max(1, size - self._zero_counts[layer.name])
         if self.verbose:
             print(
                 f"RigLCallback: step {step}: drop fraction {fraction:.4f}, "
                 f"{total_grown} connections regrown, sparsity "
-                f"{self.current_sparsity():.4f}"
+                f"{_overall_sparsity(self._zero_counts, self._layers):.4f}"
             )

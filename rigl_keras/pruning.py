@@ -204,9 +204,9 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         with self._strategy.scope():
             for layer in self._layers:
                 layer.apply_mask()
+        self._zero_counts = self._mask_zero_counts()
         self._schedules = None
         self._updates_left = bool(self._pruned)
-        self._build_update_function()
 
     def _start_window(self, epoch):
         """Resolves end_step and the schedules, then prunes to s_t0."""
@@ -259,7 +259,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
                 )
             return results
 
-        self._update_function = update
+        return update
 
     def _prune_layer(self, layer, keep, step, layer_seed):
         kernel = tf.convert_to_tensor(layer.kernel)
@@ -278,7 +278,8 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, pruned)
         return {
             "finite": finite,
-            "pruned": tf.reduce_sum(tf.cast(pruned, tf.int64)),
+            "pruned": callbacks_lib._count_true(pruned),  # pylint: disable=protected-access
+            "zeros": callbacks_lib._count_true(tf.logical_not(kept)),  # pylint: disable=protected-access
         }
 
     def _prune(self, step):
@@ -288,11 +289,11 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         zeros = distributions.layer_zero_counts(self._shapes, targets)
         keep = [int(np.prod(self._shapes[l.name])) - zeros[l.name] for l in self._pruned]
         with self._strategy.scope():
-            results = self._update_function(
-                tf.constant(keep, tf.int32), tf.constant(step, tf.int64)
-            )
+            update = self._cached_for_model("update", self._build_update_function)
+            results = update(tf.constant(keep, tf.int32), tf.constant(step, tf.int64))
         total_pruned = 0
         for layer, result in zip(self._pruned, results):
+            self._zero_counts[layer.name] = int(result["zeros"])
             if not bool(result["finite"]):
                 self._warn_non_finite(layer, step, "pruning step")
                 continue
@@ -300,5 +301,6 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         if self.verbose:
             print(
                 f"GradualPruningCallback: step {step}: {total_pruned} "
-                f"connections pruned, sparsity {self.current_sparsity():.4f}"
+                f"connections pruned, sparsity "
+                f"{callbacks_lib._overall_sparsity(self._zero_counts, self._layers):.4f}"  # pylint: disable=protected-access
             )

@@ -635,6 +635,34 @@ def test_history_logs_sparsity_over_all_masked_kernels():
         np.any(s["out"] == 0) for s in tracker.snapshots.values())
 
 
+def test_itop_rate_and_churn_logs_match_the_masks():
+    """`itop_rate` is the fraction of masked kernel positions active at some
+    time in this fit(); `churn/<layer>` the fraction of a layer's active
+    connections newly grown at the epoch's last update: both from masks
+    snapshotted after every step."""
+    model = _mlp()
+    rigl = _RecordingRigL(
+        sparsity=0.8, update_freq=3, drop_fraction_schedule="constant", seed=0
+    )
+    tracker = _MaskTracker()
+    history = _fit(model, [rigl, tracker], epochs=2)
+    for epoch, end in enumerate((10, 20)):
+        ever = {n: m > 0 for n, m in tracker.initial.items()}
+        for step in range(1, end + 1):
+            for name, mask in tracker.snapshots[step].items():
+                ever[name] |= mask > 0
+        total = sum(m.size for m in ever.values())
+        itop = sum(int(m.sum()) for m in ever.values()) / total
+        assert history.history["itop_rate"][epoch] == pytest.approx(itop)
+        last = max(s for s in rigl.update_steps if s <= end)
+        for name in ("fc1", "fc2", "out"):
+            before, after = tracker.snapshots[last - 1][name], tracker.snapshots[last][name]
+            grown = int(np.sum((before == 0) & (after == 1)))
+            assert history.history[f"churn/{name}"][epoch] == pytest.approx(
+                grown / int(np.sum(after == 1))), (epoch, name)
+    assert 0.2 < history.history["itop_rate"][0] < history.history["itop_rate"][1]
+
+
 # ---------------------------------------------------------------------------
 # 8. NumPy arrays and tf.data.
 # ---------------------------------------------------------------------------
@@ -983,3 +1011,41 @@ def test_steps_between_updates_run_a_train_function_without_recording():
     assert recording == rigl.update_steps == [4, 8, 12, 16, 20]
     assert model.train_function is rigl._train_functions["never"]
     assert all(layer.recorder.mode == "never" for layer in rigl.layers)
+
+
+@pytest.mark.parametrize("new_optimizer", [True, False], ids=["new_optimizer", "same_optimizer"])
+def test_callback_reused_after_recompile_trains_the_recompiled_model(new_optimizer):
+    """`model.compile` between two fit() calls with one callback: the second
+    fit runs the new train function (new loss, new optimizer), records on
+    the new optimizer's steps and resets the new optimizer's state."""
+    model = _mlp()
+    rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=1000, seed=0)
+    _fit(model, [rigl], epochs=1)
+    optimizer = (
+        keras.optimizers.SGD(0.05, momentum=0.9) if new_optimizer else model.optimizer
+    )
+    start = _step(model) if not new_optimizer else 0
+
+    def shifted_mse(y_true, y_pred):  # a loss the old train function lacks
+        return 1000.0 + keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    model.compile(optimizer, shifted_mse)
+    rigl.update_steps.clear()
+    before = _masks(model)
+    history = _fit(model, [rigl], epochs=2)
+    assert _step(model) == start + 2 * _STEPS_PER_EPOCH
+    assert model.optimizer is optimizer
+    # The recorded gradient is that of this optimizer's steps: updates at
+    # its multiples of 4, with a non-zero gradient (else _fit would fail on
+    # the "all zeros" warning), and they rewired.
+    assert rigl.update_steps == [s for s in range(start + 1, start + 21) if s % 4 == 0]
+    assert any(not np.array_equal(before[k], v) for k, v in _masks(model).items())
+    # The new loss is the one trained.
+    assert history.history["loss"][-1] > 1000.0
+    # The new optimizer's state was reset where masks changed: momentum is
+    # zero at every inactive position and inactive weights are 0.0.
+    for layer in rigl_keras.masked_layers(model):
+        inactive = _numpy(layer.mask) == 0
+        assert np.all(_numpy(layer.kernel)[inactive] == 0.0), layer.name
+        for state, _ in optimizer_state.optimizer_state_slots(optimizer, layer.kernel):
+            assert np.all(_numpy(state)[inactive] == 0.0), layer.name

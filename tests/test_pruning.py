@@ -233,6 +233,29 @@ def test_optimizer_state_of_pruned_positions_is_reset():
         assert np.all(value[mask == 1] == 7.0)
 
 
+def test_recompiled_with_new_optimizer_resets_the_new_optimizers_state():
+    """One callback over two fit() calls with `model.compile` between them:
+    the second fit's pruning resets the state of the optimizer in use."""
+    model = _model()
+    x = np.random.default_rng(0).random((64, 20), dtype=np.float32)
+    y = np.random.default_rng(1).random((64, 10), dtype=np.float32)
+    callback = pruning.GradualPruningCallback(
+        0.8, distribution="uniform", begin_step=0, end_step=40, update_freq=4
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    model.compile(optimizer, "mse")
+    before = _zeros(model)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    assert int(np.asarray(optimizer.iterations)) == 16
+    assert all(_zeros(model)[name] > before[name] for name in before)
+    for layer in rigl_keras.masked_layers(model):
+        pruned = np.asarray(layer.mask) == 0
+        for state, _ in optimizer_state.optimizer_state_slots(optimizer, layer.kernel):
+            assert np.all(np.asarray(state)[pruned] == 0.0), layer.name
+        assert np.all(np.asarray(layer.kernel)[pruned] == 0.0), layer.name
+
+
 def test_ties_are_broken_deterministically_with_exact_counts():
     results = []
     for _ in range(2):

@@ -4,13 +4,20 @@ import importlib.util
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import rigl_keras
 
 
 def as_numpy(variable):
-    """A NumPy copy of a (possibly distributed) Keras variable."""
-    return np.array(keras.ops.convert_to_numpy(variable))
+    """A NumPy copy of a (possibly distributed) Keras variable.
+
+    Reads the `tf.Variable` behind it (`keras.ops.convert_to_numpy` on a
+    Keras variable goes through a NumPy 2-deprecated `__array__` call).
+    """
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return np.array(tf.convert_to_tensor(variable))
 
 
 def mask_arrays(model):

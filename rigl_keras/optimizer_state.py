@@ -121,6 +121,36 @@ def check_optimizer_supported(optimizer):
             f"dropped connections. Known: {known}. Register it with "
             "`rigl_keras.optimizer_state.register_optimizer_state`."
         )
+    unknown = _unknown_state_variables(base)
+    if unknown:
+        raise ValueError(
+            f"Optimizer {type(base).__name__} keeps per-weight state that "
+            f"rigl_keras does not know how to reset: {unknown}. (A subclass "
+            "of a known optimizer inherits its parent's registration, which "
+            "does not cover state the subclass adds.) Register the class "
+            "with all its state using "
+            "`rigl_keras.optimizer_state.register_optimizer_state`."
+        )
+
+
+def _unknown_state_variables(optimizer):
+    """Names of a built optimizer's non-scalar variables no slot covers.
+
+    Scalars (the step counter, the learning rate, ...) are not per-weight
+    state. A class registered under its own name is trusted as registered.
+    """
+    if type(optimizer) in OPTIMIZER_STATE or not optimizer.built:
+        return []
+    covered = set()
+    for attribute, _ in _known_slots(optimizer):
+        covered.update(id(v) for v in getattr(optimizer, attribute, None) or [] if v is not None)
+    for attribute in ("_model_variables_moving_average", "_accumulated_gradients"):
+        covered.update(id(v) for v in getattr(optimizer, attribute, None) or [] if v is not None)
+    return [
+        v.path if hasattr(v, "path") else v.name
+        for v in optimizer.variables
+        if id(v) not in covered and len(v.shape) > 0
+    ]
 
 
 def optimizer_state_slots(optimizer, variable):

@@ -213,6 +213,29 @@ def test_subclass_of_known_optimizer_is_supported(registry):
     assert len(optimizer_state_slots(optimizer, target)) == 1
 
 
+def test_subclass_adding_state_raises_until_registered(registry):
+    """A subclass of a known optimizer that keeps extra per-weight state is
+    not silently treated as its parent: its extra state would never be
+    reset."""
+
+    class SGDWithTrace(_OPT.SGD):
+        def build(self, variables):
+            super().build(variables)
+            self.traces = self.add_optimizer_variables(variables, "trace")
+
+    optimizer = SGDWithTrace(0.1, momentum=0.9)
+    variable = keras.Variable(np.ones((2, 3), "float32"))
+    optimizer.build([variable])
+    with pytest.raises(ValueError, match="SGDWithTrace.*trace") as info:
+        check_optimizer_supported(optimizer)
+    assert "register_optimizer_state" in str(info.value)
+    register_optimizer_state(
+        SGDWithTrace, [("momentums", lambda opt: 0.0), ("traces", lambda opt: 0.0)]
+    )
+    check_optimizer_supported(optimizer)
+    assert len(optimizer_state_slots(optimizer, variable)) == 2
+
+
 def test_every_registered_class_is_an_optimizer():
     for cls, slots in optimizer_state.OPTIMIZER_STATE.items():
         assert issubclass(cls, keras.optimizers.Optimizer)

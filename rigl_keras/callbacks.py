@@ -112,17 +112,22 @@ def _count_true(condition):
     return tf.cast(tf.reduce_sum(tf.cast(condition, dtype)), tf.int64)
 
 
+def _mask_size(layer):
+    """Number of entries of a masked layer's kernel."""
+    return int(np.prod(layer.mask.shape))
+
+
 def _sparsities(zero_counts, layers):
     """`{layer_name: fraction of zeros}` from per-layer zero counts."""
     return {
-        layer.name: zero_counts[layer.name] / max(1, int(np.prod(layer.mask.shape)))
+        layer.name: zero_counts[layer.name] / max(1, _mask_size(layer))
         for layer in layers
     }
 
 
 def _overall_sparsity(zero_counts, layers):
     """Fraction of zeros over all the layers' masks from zero counts."""
-    total = sum(int(np.prod(layer.mask.shape)) for layer in layers)
+    total = sum(_mask_size(layer) for layer in layers)
     return sum(zero_counts[layer.name] for layer in layers) / total if total else 0.0
 
 
@@ -594,8 +599,9 @@ class RigLCallback(MaskCallback):
         self.seed = seed
         self._record_step = None
         self._recorders_optimizer = None
-        self._train_functions = None
-        self._own_train_functions = ()
+        # {mode: traced train function}: "always" and "never" when the
+        # callback picks one per step, else the one "step" function.
+        self._train_functions = {}
 
     # ------------------------------------------------------------------
     # Serialization.
@@ -643,7 +649,7 @@ class RigLCallback(MaskCallback):
     def on_train_end(self, logs=None):
         if self._record_step is not None:
             self._record_step.assign(-1)  # record nothing outside this fit()
-        if self._train_functions:
+        if self._swaps_train_functions():
             self._use_train_function("never")
 
     # ------------------------------------------------------------------
@@ -690,7 +696,7 @@ class RigLCallback(MaskCallback):
                     f"target is {targets[layer.name]}).",
                     stacklevel=2,
                 )
-        total = sum(int(np.prod(shape)) for shape in shapes.values())
+        total = sum(_mask_size(layer) for layer in self._layers)
         self._ever_active_total = total - sum(self._zero_counts.values())
 
     def _build_start_function(self):
@@ -784,7 +790,7 @@ class RigLCallback(MaskCallback):
         logs = {"drop_fraction": self._drop_fraction_now}
         for name, value in self._churn.items():
             logs[f"churn/{name}"] = value
-        total = sum(int(np.prod(layer.mask.shape)) for layer in self._layers)
+        total = sum(_mask_size(layer) for layer in self._layers)
         logs["itop_rate"] = self._ever_active_total / total if total else 0.0
         return logs
 
@@ -815,24 +821,22 @@ class RigLCallback(MaskCallback):
             self._create_recorders()
         if self._custom_loop_optimizer is not None:
             return  # A custom loop traces its own step after CustomLoop.begin().
-        if any(f is self.model.train_function for f in self._own_train_functions):
-            if self._train_functions:
+        if any(f is self.model.train_function for f in self._train_functions.values()):
+            if self._swaps_train_functions():
                 self._use_train_function("never")
             return
-        self._train_functions = None
+        self._train_functions = {}
         if self._can_swap_train_functions():
             # One train function that records and one that does not; the
             # callback picks per step (see on_train_batch_begin), so steps
             # between updates cost what static sparse training costs.
-            self._train_functions = {}
             for mode in ("always", "never"):
                 self.model.make_train_function(force=True)
                 self._train_functions[mode] = self.model.train_function
-            self._own_train_functions = tuple(self._train_functions.values())
             self._use_train_function("never")
         else:
             self.model.make_train_function(force=True)
-            self._own_train_functions = (self.model.train_function,)
+            self._train_functions["step"] = self.model.train_function
 
     def _recorders_current(self):
         """Whether every layer holds a recorder of this callback for the
@@ -863,8 +867,7 @@ class RigLCallback(MaskCallback):
                 )
         self._recorders_optimizer = optimizer
         # Train functions traced before hold no recorder, or other ones.
-        self._train_functions = None
-        self._own_train_functions = ()
+        self._train_functions = {}
 
     def _can_swap_train_functions(self):
         """Per-step choice of train function works when every batch is one
@@ -878,6 +881,10 @@ class RigLCallback(MaskCallback):
             and not getattr(optimizer, "gradient_accumulation_steps", None)
         )
 
+    def _swaps_train_functions(self):
+        """Whether the callback picks the train function per step."""
+        return "never" in self._train_functions
+
     def _use_train_function(self, mode):
         """Sets the recorders' trace-time mode and the matching function."""
         for layer in self._layers:
@@ -886,7 +893,7 @@ class RigLCallback(MaskCallback):
         self._recording_mode = mode
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not self._train_functions or not self._updates_left:
+        if not self._swaps_train_functions() or not self._updates_left:
             return
         wanted = "always" if self._epoch_start_step + batch + 1 == self._next_update else "never"
         if wanted != self._recording_mode:
@@ -904,8 +911,7 @@ class RigLCallback(MaskCallback):
             layer.recorder = None
         self._record_step = None
         self._recorders_optimizer = None
-        self._train_functions = None
-        self._own_train_functions = ()
+        self._train_functions = {}
         if attached:
             self.model.train_function = None
 
@@ -1012,8 +1018,8 @@ class RigLCallback(MaskCallback):
                 )
             grown = int(result["grown"])
             total_grown += grown
-            size = int(np.prod(layer.mask.shape))
-            self._churn[layer.name] = grown / max(1, size - self._zero_counts[layer.name])
+            active = _mask_size(layer) - self._zero_counts[layer.name]
+            self._churn[layer.name] = grown / max(1, active)
         if self.verbose:
             print(
                 f"RigLCallback: step {step}: drop fraction {fraction:.4f}, "

@@ -141,11 +141,14 @@ def _unknown_state_variables(optimizer):
     """
     if type(optimizer) in OPTIMIZER_STATE or not optimizer.built:
         return []
-    covered = set()
-    for attribute, _ in _known_slots(optimizer):
-        covered.update(id(v) for v in getattr(optimizer, attribute, None) or [] if v is not None)
-    for attribute in ("_model_variables_moving_average", "_accumulated_gradients"):
-        covered.update(id(v) for v in getattr(optimizer, attribute, None) or [] if v is not None)
+    attributes = [attribute for attribute, _ in _known_slots(optimizer)]
+    attributes += ["_model_variables_moving_average", "_accumulated_gradients"]
+    covered = {
+        id(v)
+        for attribute in attributes
+        for v in getattr(optimizer, attribute, None) or []
+        if v is not None
+    }
     return [
         v.path if hasattr(v, "path") else v.name
         for v in optimizer.variables

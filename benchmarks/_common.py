@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import platform
+import random
 import shlex
 import statistics
 
@@ -257,3 +258,46 @@ def median(values):
     (2.0, None)
     """
     return statistics.median(values) if values else None
+
+
+def bootstrap_median_interval(values, confidence=0.95, resamples=2000, seed=0):
+    """A percentile-bootstrap interval for the median of `values`.
+
+    Resamples `values` with replacement `resamples` times (a fixed seed, so
+    the same values give the same interval) and returns the central
+    `confidence` range of the resampled medians: the uncertainty of a
+    median over repetitions, to say whether a target lies inside the noise.
+
+    Args:
+        values: A non-empty sequence of numbers.
+        confidence: The interval's coverage, in (0, 1).
+        resamples: Number of bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+
+    Returns:
+        `[low, high]`, with `min(values) <= low <= high <= max(values)`.
+
+    Raises:
+        ValueError: For empty `values`, `confidence` outside (0, 1) or
+            `resamples` < 1.
+
+    Example:
+
+    >>> bootstrap_median_interval([1.0, 1.0, 1.0])
+    [1.0, 1.0]
+    """
+    if not values:
+        raise ValueError("`values` must not be empty.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1). Received: confidence={confidence}")
+    if resamples < 1:
+        raise ValueError(f"`resamples` must be >= 1. Received: resamples={resamples}")
+    rng = random.Random(seed)
+    values = list(values)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    tail = (1.0 - confidence) / 2.0
+    low = medians[int(tail * (resamples - 1))]
+    high = medians[int(round((1.0 - tail) * (resamples - 1)))]
+    return [low, high]

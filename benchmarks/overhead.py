@@ -13,6 +13,14 @@ images; 10 classes, synthetic data of MNIST shapes so it runs offline; batch
   empty `on_train_batch_end`. Any such callback (`RigLCallback` has one)
   turns off Keras' asynchronous batch-callback dispatch; this variant
   measures that effect alone.
+* `rezero` (optional, `--variants`): the design the masked layers did not
+  take, measured beside the one they did. Plain Keras layers, each kernel
+  with a `keras.constraints.Constraint` that multiplies it by a fixed 0/1
+  mask (the same ERK 90% counts as `static`, zeroed before training). The
+  forward pass and the gradient are those of plain Keras (the optimizer sees
+  the dense gradient) and the zeros are restored after every optimizer step
+  (Keras applies constraints right after the update), where `static` masks
+  the gradient in the backward pass instead.
 
 the benchmark builds and compiles a fresh model (same seed for all), runs a
 short warm-up `fit` (traces the train function) and then times one `fit` of
@@ -54,6 +62,8 @@ Usage:
     python benchmarks/overhead.py --repeats 7
     python benchmarks/overhead.py --models cnn --steps 200 --epochs 2 \
         --variants plain,plain_sync,static,rigl --output /tmp/overhead.json
+    python benchmarks/overhead.py --models lenet300_100 \
+        --variants plain,static,rezero --output /tmp/rezero.json
     python benchmarks/overhead.py --jit_compile true --output /tmp/xla.json
 
 The JSON written to `--output` (default `benchmarks/results/overhead.json`)
@@ -80,6 +90,7 @@ try:
 except ImportError:  # Run from a checkout: `python benchmarks/overhead.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras
+from rigl_keras.callbacks import random_mask
 
 try:
     import _common
@@ -88,7 +99,7 @@ except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on s
     import _common
 
 _MODELS = ("lenet300_100", "cnn")
-_VARIANTS = ("plain", "plain_sync", "static", "rigl")
+_VARIANTS = ("plain", "plain_sync", "static", "rigl", "rezero")
 _DEFAULT_VARIANTS = ("plain", "static", "rigl")
 _TARGETS = {"static": 1.05, "rigl": 1.10}
 _DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parent / "results" / "overhead.json"
@@ -113,8 +124,8 @@ def build_model(name, variant):
 
     Args:
         name: `"lenet300_100"` or `"cnn"`.
-        variant: `"plain"` / `"plain_sync"` (Keras layers) or `"static"` /
-            `"rigl"` (masked layers).
+        variant: `"plain"` / `"plain_sync"` / `"rezero"` (Keras layers) or
+            `"static"` / `"rigl"` (masked layers).
 
     Returns:
         An uncompiled `keras.Sequential` producing 10 logits.
@@ -124,7 +135,7 @@ def build_model(name, variant):
     """
     if variant not in _VARIANTS:
         raise ValueError(f"`variant` must be one of {_VARIANTS}. Received: variant={variant!r}")
-    if variant.startswith("plain"):
+    if variant.startswith("plain") or variant == "rezero":
         dense, conv = keras.layers.Dense, keras.layers.Conv2D
     else:
         dense, conv = rigl_keras.MaskedDense, rigl_keras.MaskedConv2D
@@ -194,8 +205,69 @@ class _NoOpBatchCallback(keras.callbacks.Callback):
         pass
 
 
+class FixedMaskConstraint(keras.constraints.Constraint):
+    """Multiplies a kernel by a fixed 0/1 mask after each optimizer step.
+
+    For the `rezero` variant: Keras applies a variable's constraint right
+    after the optimizer updates it, so the kernel's inactive entries are
+    back at exactly 0.0 before the next forward pass.
+
+    Args:
+        mask: A float32 `tf.Variable` of the kernel's shape.
+
+    Example:
+
+    >>> mask = tf.Variable([[1.0, 0.0]])
+    >>> FixedMaskConstraint(mask)(tf.constant([[2.0, 3.0]])).numpy()
+    array([[2., 0.]], dtype=float32)
+    """
+
+    def __init__(self, mask):
+        self.mask = mask
+
+    def __call__(self, w):
+        return w * tf.cast(self.mask, w.dtype)
+
+
+def attach_fixed_masks(model, sparsity, seed):
+    """Gives each Dense/Conv2D kernel of `model` a `FixedMaskConstraint`.
+
+    The masks have exactly the zero counts `RigLCallback` gives the masked
+    model (ERK over the same kernels, `floor(s_l * N_l)` zeros, random
+    positions), and the kernels are zeroed outside them.
+
+    Args:
+        model: A built model of plain Keras layers (`build_model(name,
+            "rezero")`).
+        sparsity: Overall fraction of zeros.
+        seed: Integer seed of the mask positions.
+
+    Returns:
+        `{layer_name: mask variable}`.
+    """
+    layers = [
+        l for l in model.layers
+        if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))
+    ]
+    shapes = {l.name: tuple(l.kernel.shape) for l in layers}
+    zeros = rigl_keras.distributions.layer_zero_counts(
+        shapes, rigl_keras.distributions.distribute_sparsity(shapes, sparsity, "erk")
+    )
+    masks = {}
+    for index, layer in enumerate(layers):
+        mask = tf.Variable(
+            random_mask(shapes[layer.name], zeros[layer.name], seed + index),
+            trainable=False,
+            name=f"{layer.name}_fixed_mask",
+        )
+        layer.kernel.assign(layer.kernel * mask)
+        layer.kernel.constraint = FixedMaskConstraint(mask)
+        masks[layer.name] = mask
+    return masks
+
+
 def _callbacks(variant, sparsity, update_freq, seed):
-    if variant == "plain":
+    if variant in ("plain", "rezero"):
         return []
     if variant == "plain_sync":
         return [_NoOpBatchCallback()]
@@ -237,10 +309,13 @@ class _TrainTimer(keras.callbacks.Callback):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
 
-def _compiled_model(name, variant, learning_rate, seed, jit_compile="auto"):
+def _compiled_model(name, variant, learning_rate, seed, jit_compile="auto",
+                    sparsity=0.9):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = build_model(name, variant)
+    if variant == "rezero":
+        attach_fixed_masks(model, sparsity, seed)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -262,12 +337,14 @@ def time_variant(name, variant, dataset, config):
         A dict with `fit_seconds` and `cpu_seconds` (from `on_train_begin`
         to `on_train_end` of the timed fit), `outer_seconds` (the whole
         `model.fit` call), `epoch_seconds` (list), `warmup_seconds`,
-        `sparsity` (the masked kernels' final sparsity, or 0.0),
+        `sparsity` (the final fraction of zeros of the masks: the masked
+            layers' or the `rezero` variant's fixed masks; 0.0 for plain),
         `jit_compile`, `num_params` and `load_average` (1 minute, at the end
         of the timed fit).
     """
     model = _compiled_model(
-        name, variant, config.learning_rate, config.seed, config.jit_compile
+        name, variant, config.learning_rate, config.seed, config.jit_compile,
+        config.sparsity,
     )
     # The same callback object serves the warm-up and the timed fit, as in a
     # user's repeated `fit` calls; its masks are set in the warm-up.
@@ -295,9 +372,14 @@ def time_variant(name, variant, dataset, config):
         verbose=0,
     )
     outer = time.perf_counter() - outer
-    masked = rigl_keras.masked_layers(model)
-    zeros = sum(float(np.sum(l.mask.numpy() == 0)) for l in masked)
-    total = sum(int(np.prod(l.mask.shape)) for l in masked)
+    masks = [l.mask for l in rigl_keras.masked_layers(model)] + [
+        l.kernel.constraint.mask
+        for l in model.layers
+        if isinstance(getattr(l, "kernel", None), keras.Variable)
+        and isinstance(l.kernel.constraint, FixedMaskConstraint)
+    ]
+    zeros = sum(float(np.sum(np.asarray(m) == 0)) for m in masks)
+    total = sum(int(np.prod(m.shape)) for m in masks)
     return {
         "fit_seconds": timer.wall - start.wall,
         "cpu_seconds": timer.cpu - start.cpu,
@@ -382,7 +464,9 @@ def summarize(runs, steps_per_epoch, targets=None):
     A variant's ratio is the median over repetitions of the paired ratio
     `variant_time / plain_time` within the same repetition (interleaving
     makes the pair share the machine's state, which cancels slow drift);
-    `ratio_of_medians` is also given.
+    `ratio_of_medians` is also given, and `paired_median_ci95`: a 95%
+    percentile-bootstrap interval of that median (how far the noise of the
+    repetitions leaves it uncertain).
 
     Args:
         runs: `{variant: [run dict per repetition]}` from `time_variant`,
@@ -432,6 +516,7 @@ def summarize(runs, steps_per_epoch, targets=None):
             paired = [v / b for v, b in zip(values, base[kind])]
             ratios[variant][kind] = {
                 "paired_median": _common.median(paired),
+                "paired_median_ci95": _common.bootstrap_median_interval(paired),
                 "paired": paired,
                 "ratio_of_medians": _common.median(values) / _common.median(base[kind]),
             }
@@ -534,7 +619,9 @@ def parse_args(argv=None):
                         help="comma-separated subset of: " + ",".join(_VARIANTS)
                         + " (plain_sync: plain Keras plus a no-op batch "
                         "callback, which turns off Keras' asynchronous "
-                        "callback dispatch as RigLCallback does)")
+                        "callback dispatch as RigLCallback does; rezero: "
+                        "plain Keras layers whose kernel constraint restores "
+                        "a fixed mask's zeros after every optimizer step)")
     parser.add_argument("--repeats", type=_common.positive_int, default=7,
                         help="repetitions (medians are taken over them)")
     parser.add_argument("--steps", type=_common.positive_int, default=400,

@@ -201,6 +201,33 @@ def test_median():
     assert common.median(()) is None
 
 
+def test_bootstrap_median_interval_brackets_the_median():
+    values = [0.97, 1.01, 1.03, 1.04, 1.05, 1.05, 1.06, 1.08, 1.10]
+    low, high = common.bootstrap_median_interval(values)
+    assert min(values) <= low <= common.median(values) <= high <= max(values)
+    assert low < high
+    # Fixed seed: the same values give the same interval.
+    assert common.bootstrap_median_interval(values) == [low, high]
+    # A wider coverage never gives a narrower interval.
+    wide = common.bootstrap_median_interval(values, confidence=0.99)
+    assert wide[0] <= low and high <= wide[1]
+    # More repetitions of the same spread narrow it.
+    narrow = common.bootstrap_median_interval(values * 9)
+    assert narrow[1] - narrow[0] < high - low
+    assert common.bootstrap_median_interval([2.0]) == [2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"values": []}, "values"), ({"values": [1.0], "confidence": 1.0}, "confidence"),
+     ({"values": [1.0], "confidence": 0.0}, "confidence"),
+     ({"values": [1.0], "resamples": 0}, "resamples")],
+)
+def test_bootstrap_median_interval_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        common.bootstrap_median_interval(**kwargs)
+
+
 def test_doctests():
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
     tests = finder.find(common)

@@ -30,6 +30,7 @@ _TINY = [
     "--warmup_steps", "1",
     "--update_freq", "2",
     "--num_examples", "256",
+    "--variants", "plain,static,rigl,rezero",
 ]
 
 
@@ -77,7 +78,7 @@ def test_report_config_and_machine(tiny_report):
     _, report = tiny_report
     config = report["config"]
     assert config["models"] == ["lenet300_100", "cnn"]
-    assert config["variants"] == ["plain", "static", "rigl"]
+    assert config["variants"] == ["plain", "static", "rigl", "rezero"]
     assert (config["repeats"], config["steps"], config["epochs"]) == (1, 4, 2)
     assert config["steps_per_epoch"] == 2
     assert config["update_freq"] == 2 and config["sparsity"] == 0.9
@@ -96,7 +97,7 @@ def test_report_results_per_model(tiny_report, model):
     _, report = tiny_report
     summary = report["results"][model]
     assert summary["num_params"] > 0
-    assert list(summary["variants"]) == ["plain", "static", "rigl"]
+    assert list(summary["variants"]) == ["plain", "static", "rigl", "rezero"]
     for variant, data in summary["variants"].items():
         (rep,) = data["repetitions"]
         assert rep["fit_seconds"] > 0 and rep["cpu_seconds"] > 0
@@ -111,7 +112,8 @@ def test_report_results_per_model(tiny_report, model):
         if variant == "plain":
             assert rep["sparsity"] == 0.0
         else:
-            # 90% ERK; the RigL updates (steps 2 and 4) keep the count.
+            # 90% ERK (rezero: the same counts in fixed masks); the RigL
+            # updates (steps 2 and 4) keep the count.
             assert rep["sparsity"] == pytest.approx(0.9, abs=0.01)
     plain_fit = summary["variants"]["plain"]["repetitions"][0]["fit_seconds"]
     for variant, max_ratio in (("static", 1.05), ("rigl", 1.10)):
@@ -129,10 +131,12 @@ def test_report_markdown_lists_every_variant(tiny_report):
     lines = report["markdown"].splitlines()
     assert lines[0].startswith("| model | variant | fit ms/step")
     rows = [line for line in lines[2:] if line.startswith("|")]
-    assert len(rows) == 6
+    assert len(rows) == 8
     assert rows[0].startswith("| lenet300_100 | plain |")
-    assert rows[5].startswith("| cnn | rigl |")
-    assert "<= 1.10:" in rows[5]
+    assert rows[6].startswith("| cnn | rigl |")
+    assert "<= 1.10:" in rows[6]
+    # No target for the alternative design: an empty last cell.
+    assert rows[7].startswith("| cnn | rezero |") and rows[7].endswith("|  |")
 
 
 # ---------------------------------------------------------------------------
@@ -140,12 +144,11 @@ def test_report_markdown_lists_every_variant(tiny_report):
 # ---------------------------------------------------------------------------
 
 
-def test_per_step_seconds_doctest():
+@pytest.mark.parametrize("name", ["per_step_seconds", "FixedMaskConstraint"])
+def test_docstring_examples(name):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()
-    for test in finder.find(
-        overhead.per_step_seconds, "per_step_seconds", globs=vars(overhead)
-    ):
+    for test in finder.find(getattr(overhead, name), name, globs=vars(overhead)):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
 
@@ -203,6 +206,8 @@ def test_summarize_custom_targets_and_markdown_verdicts():
     # 1.2 - 20 * 0.05 = 0.2 s.
     assert "| m | rigl | 60.00 | 50.00 | 50.00 | 1.20 | 1.00 | 1.00 | 0.20 |" in table
     assert math.isclose(strict["ratios"]["rigl"]["fit"]["paired_median"], 1.2)
+    low, high = strict["ratios"]["rigl"]["fit"]["paired_median_ci95"]
+    assert low <= strict["ratios"]["rigl"]["fit"]["paired_median"] <= high
 
 
 @pytest.mark.parametrize(
@@ -252,3 +257,25 @@ def test_variants_use_the_intended_layers_and_callbacks():
         overhead.build_model("cnn", "dense")
     with pytest.raises(ValueError, match="name"):
         overhead.build_model("resnet", "plain")
+
+
+def test_rezero_variant_keeps_the_static_zero_counts_through_training():
+    model = overhead._compiled_model("lenet300_100", "rezero", 0.05, seed=0, sparsity=0.9)
+    assert not rigl_keras.masked_layers(model)
+    assert overhead._callbacks("rezero", 0.9, 100, 0) == []
+    masked = overhead._compiled_model("lenet300_100", "static", 0.05, seed=0)
+    shapes = {l.name: tuple(l.kernel.shape) for l in rigl_keras.masked_layers(masked)}
+    expected = rigl_keras.distributions.layer_zero_counts(
+        shapes, rigl_keras.sparsity_distribution(masked, 0.9, "erk")
+    )
+    dataset = overhead.make_dataset("lenet300_100", 256, 64, seed=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)
+    for name, zeros in expected.items():
+        layer = model.get_layer(name)
+        mask = layer.kernel.constraint.mask.numpy()
+        assert int((mask == 0).sum()) == zeros, name
+        kernel = layer.kernel.numpy()
+        # Trained: active weights moved, inactive ones are back at exactly 0.
+        assert not (kernel[mask == 0] != 0).any(), name
+        assert (kernel[mask == 1] != 0).all(), name
+

@@ -1,5 +1,6 @@
 """The README's quick start runs as written, on the real MNIST from TFDS."""
 
+import json
 import os
 import pathlib
 import re
@@ -39,3 +40,30 @@ def test_quick_start_runs_as_written():
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", result.stdout).group(1))
     assert accuracy > 0.95, result.stdout[-2000:]
     assert "sparsity" in result.stdout and "drop_fraction" in result.stdout
+
+
+def _stored_reports():
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(report, dict) and "command" in report:
+            yield path.name, report
+
+
+@pytest.mark.parametrize("name, report", list(_stored_reports()))
+def test_readme_quotes_each_stored_benchmark_as_measured(name, report):
+    """Every stored benchmark report is quoted in the README: its command,
+    and each row of its results table verbatim (no stale or retyped
+    numbers)."""
+    readme = (ROOT / "README.md").read_text()
+    assert report["command"] in readme, name
+    rows = [
+        line for line in report.get("markdown", "").splitlines()
+        if line.startswith("| ") and not line.startswith("| model")
+    ]
+    missing = [row for row in rows if row not in readme]
+    assert not missing, (name, missing)
+
+
+def test_stored_benchmark_reports_are_found():
+    names = [name for name, _ in _stored_reports()]
+    assert "overhead.json" in names and "overhead_rezero.json" in names

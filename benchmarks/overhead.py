@@ -65,6 +65,7 @@ Usage:
     python benchmarks/overhead.py --models lenet300_100 \
         --variants plain,static,rezero --output /tmp/rezero.json
     python benchmarks/overhead.py --jit_compile true --output /tmp/xla.json
+    python benchmarks/overhead.py --compare benchmarks/results/overhead_rezero.json
 
 The JSON written to `--output` (default `benchmarks/results/overhead.json`)
 holds the command, the date, machine facts (with load averages, as the
@@ -75,6 +76,7 @@ that is also printed to stdout.
 
 import argparse
 import gc
+import json
 import os
 import pathlib
 import platform
@@ -536,6 +538,55 @@ def summarize(runs, steps_per_epoch, targets=None):
     }
 
 
+def compare_variants(report, kind="fit"):
+    """Paired ratios between every two variants of a stored report.
+
+    Re-reads the repetitions of a report written by this script (no timing
+    is run) and, for each model and each ordered pair of variants, takes
+    the median over repetitions of `time(variant) / time(baseline)` within
+    the same repetition, with its 95% bootstrap interval: how two variants
+    compare when neither is plain Keras (for example `rezero` against
+    `static`).
+
+    Args:
+        report: A report dict (the JSON this script writes).
+        kind: `"fit"`, `"steady"` or `"cpu"`.
+
+    Returns:
+        `{model: {"variant/baseline": {"paired_median": r,
+        "paired_median_ci95": [low, high]}}}`.
+
+    Raises:
+        ValueError: For an unknown `kind`, or one the report lacks.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"`kind` must be one of {_KINDS}. Received: kind={kind!r}")
+    steps_per_epoch = report["config"]["steps_per_epoch"]
+    comparisons = {}
+    for name, summary in report["results"].items():
+        times = {
+            variant: [per_step_seconds(r, steps_per_epoch)[kind] for r in data["repetitions"]]
+            for variant, data in summary["variants"].items()
+        }
+        pairs = {}
+        for variant, values in times.items():
+            for baseline, base in times.items():
+                if variant == baseline:
+                    continue
+                if None in values or None in base:
+                    raise ValueError(
+                        f"The report has no `{kind}` times (one-epoch fits). "
+                        f"Received: kind={kind!r}"
+                    )
+                paired = [v / b for v, b in zip(values, base)]
+                pairs[f"{variant}/{baseline}"] = {
+                    "paired_median": _common.median(paired),
+                    "paired_median_ci95": _common.bootstrap_median_interval(paired),
+                }
+        comparisons[name] = pairs
+    return comparisons
+
+
 def markdown_table(results):
     """A markdown table of median ms/step and paired ratios to plain Keras.
 
@@ -644,6 +695,10 @@ def parse_args(argv=None):
                         help="model.compile(jit_compile=...); Keras' 'auto' "
                              "means no XLA on a CPU-only machine")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", default="",
+                        help="instead of timing, read this stored report and "
+                             "print the paired fit ratio (median, 95%% "
+                             "bootstrap interval) of every two variants")
     parser.add_argument("--output", default=str(_DEFAULT_OUTPUT),
                         help="JSON file to write; '' to write none")
     config = parser.parse_args(argv)
@@ -752,11 +807,20 @@ def main(argv=None):
         argv: Arguments without the program name; `None` reads `sys.argv`.
 
     Returns:
-        The report dict, also written to `--output` unless that is empty.
+        The report dict, also written to `--output` unless that is empty;
+        with `--compare`, the `compare_variants` dict of the stored report.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
     config.argv = argv
+    if config.compare:
+        report = json.loads(pathlib.Path(config.compare).read_text(encoding="utf-8"))
+        comparisons = compare_variants(report)
+        for name, pairs in comparisons.items():
+            for pair, ratio in pairs.items():
+                low, high = ratio["paired_median_ci95"]
+                print(f"{name} {pair}: {ratio['paired_median']:.4f} [{low:.4f}, {high:.4f}]")
+        return comparisons
     report = run(config)
     print(report["markdown"])
     print(f"\nTargets met (fit ratio): {report['passed']}")

@@ -279,3 +279,45 @@ def test_rezero_variant_keeps_the_static_zero_counts_through_training():
         assert not (kernel[mask == 0] != 0).any(), name
         assert (kernel[mask == 1] != 0).all(), name
 
+
+
+def _stored_report(fits):
+    """A minimal stored report: one model, `{variant: [fit seconds]}`."""
+    return {
+        "config": {"steps_per_epoch": 10},
+        "results": {"m": {"variants": {
+            variant: {"repetitions": [_run((f, f, [f / 2, f / 2])) for f in values]}
+            for variant, values in fits.items()
+        }}},
+    }
+
+
+def test_compare_variants_pairs_repetitions():
+    report = _stored_report({"static": [1.0, 2.0, 1.0], "rezero": [1.1, 2.0, 1.3]})
+    pairs = overhead.compare_variants(report)["m"]
+    assert set(pairs) == {"static/rezero", "rezero/static"}
+    # Paired per repetition: 1.1, 1.0, 1.3 -> median 1.1.
+    assert pairs["rezero/static"]["paired_median"] == pytest.approx(1.1)
+    low, high = pairs["rezero/static"]["paired_median_ci95"]
+    assert 1.0 <= low <= 1.1 <= high <= 1.3
+    steady = overhead.compare_variants(report, kind="steady")["m"]
+    assert steady["rezero/static"]["paired_median"] == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="kind"):
+        overhead.compare_variants(report, kind="wall")
+
+
+def test_compare_variants_rejects_a_missing_kind():
+    report = _stored_report({"static": [1.0], "rezero": [1.1]})
+    for variant in report["results"]["m"]["variants"].values():
+        variant["repetitions"][0]["epoch_seconds"] = [1.0]
+    with pytest.raises(ValueError, match="steady"):
+        overhead.compare_variants(report, kind="steady")
+
+
+def test_compare_flag_reads_a_stored_report_without_timing(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(_stored_report({"plain": [1.0, 1.0], "static": [1.05, 1.05]})))
+    monkeypatch.setattr(overhead, "run", lambda config: pytest.fail("timed a fit"))
+    comparisons = overhead.main(["--compare", str(path)])
+    assert comparisons["m"]["static/plain"]["paired_median"] == pytest.approx(1.05)
+    assert "m static/plain: 1.0500 [1.0500, 1.0500]" in capsys.readouterr().out

@@ -243,9 +243,6 @@ def attach_fixed_masks(model, sparsity, seed):
             "rezero")`).
         sparsity: Overall fraction of zeros.
         seed: Integer seed of the mask positions.
-
-    Returns:
-        `{layer_name: mask variable}`.
     """
     layers = [
         l for l in model.layers
@@ -255,7 +252,6 @@ def attach_fixed_masks(model, sparsity, seed):
     zeros = rigl_keras.distributions.layer_zero_counts(
         shapes, rigl_keras.distributions.distribute_sparsity(shapes, sparsity, "erk")
     )
-    masks = {}
     for index, layer in enumerate(layers):
         mask = tf.Variable(
             random_mask(shapes[layer.name], zeros[layer.name], seed + index),
@@ -264,8 +260,6 @@ def attach_fixed_masks(model, sparsity, seed):
         )
         layer.kernel.assign(layer.kernel * mask)
         layer.kernel.constraint = FixedMaskConstraint(mask)
-        masks[layer.name] = mask
-    return masks
 
 
 def _callbacks(variant, sparsity, update_freq, seed):
@@ -374,11 +368,9 @@ def time_variant(name, variant, dataset, config):
         verbose=0,
     )
     outer = time.perf_counter() - outer
+    constraints = [getattr(getattr(l, "kernel", None), "constraint", None) for l in model.layers]
     masks = [l.mask for l in rigl_keras.masked_layers(model)] + [
-        l.kernel.constraint.mask
-        for l in model.layers
-        if isinstance(getattr(l, "kernel", None), keras.Variable)
-        and isinstance(l.kernel.constraint, FixedMaskConstraint)
+        c.mask for c in constraints if isinstance(c, FixedMaskConstraint)
     ]
     zeros = sum(float(np.sum(np.asarray(m) == 0)) for m in masks)
     total = sum(int(np.prod(m.shape)) for m in masks)
@@ -460,6 +452,17 @@ def per_step_seconds(run, steps_per_epoch):
     }
 
 
+def _paired_ratio(values, base):
+    """Median over repetitions of `values[i] / base[i]`, with its 95%
+    bootstrap interval, and the per-repetition ratios."""
+    paired = [v / b for v, b in zip(values, base)]
+    return {
+        "paired_median": _common.median(paired),
+        "paired_median_ci95": _common.bootstrap_median_interval(paired),
+        "paired": paired,
+    }
+
+
 def summarize(runs, steps_per_epoch, targets=None):
     """Medians, ratios to `plain` and target checks for one model.
 
@@ -515,11 +518,8 @@ def summarize(runs, steps_per_epoch, targets=None):
             continue
         ratios[variant] = {}
         for kind, values in per_step[variant].items():
-            paired = [v / b for v, b in zip(values, base[kind])]
             ratios[variant][kind] = {
-                "paired_median": _common.median(paired),
-                "paired_median_ci95": _common.bootstrap_median_interval(paired),
-                "paired": paired,
+                **_paired_ratio(values, base[kind]),
                 "ratio_of_medians": _common.median(values) / _common.median(base[kind]),
             }
         if variant in targets:
@@ -554,7 +554,7 @@ def compare_variants(report, kind="fit"):
 
     Returns:
         `{model: {"variant/baseline": {"paired_median": r,
-        "paired_median_ci95": [low, high]}}}`.
+        "paired_median_ci95": [low, high], "paired": [per repetition]}}}`.
 
     Raises:
         ValueError: For an unknown `kind`, or one the report lacks.
@@ -568,22 +568,17 @@ def compare_variants(report, kind="fit"):
             variant: [per_step_seconds(r, steps_per_epoch)[kind] for r in data["repetitions"]]
             for variant, data in summary["variants"].items()
         }
-        pairs = {}
-        for variant, values in times.items():
-            for baseline, base in times.items():
-                if variant == baseline:
-                    continue
-                if None in values or None in base:
-                    raise ValueError(
-                        f"The report has no `{kind}` times (one-epoch fits). "
-                        f"Received: kind={kind!r}"
-                    )
-                paired = [v / b for v, b in zip(values, base)]
-                pairs[f"{variant}/{baseline}"] = {
-                    "paired_median": _common.median(paired),
-                    "paired_median_ci95": _common.bootstrap_median_interval(paired),
-                }
-        comparisons[name] = pairs
+        if any(None in values for values in times.values()):
+            raise ValueError(
+                f"The report has no `{kind}` times (one-epoch fits). "
+                f"Received: kind={kind!r}"
+            )
+        comparisons[name] = {
+            f"{variant}/{baseline}": _paired_ratio(values, base)
+            for variant, values in times.items()
+            for baseline, base in times.items()
+            if variant != baseline
+        }
     return comparisons
 
 

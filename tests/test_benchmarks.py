@@ -280,7 +280,6 @@ def test_rezero_variant_keeps_the_static_zero_counts_through_training():
         assert (kernel[mask == 1] != 0).all(), name
 
 
-
 def _stored_report(fits):
     """A minimal stored report: one model, `{variant: [fit seconds]}`."""
     return {

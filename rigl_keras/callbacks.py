@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from rigl_keras import distributions
-from rigl_keras import layers as layers_lib
+from rigl_keras import gradients
+from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
@@ -66,7 +67,7 @@ def _read_step(iterations):
     where the counter is a `MirroredVariable`; converting to NumPy works
     everywhere.
     """
-    return int(tf.convert_to_tensor(layers_lib._value(iterations)).numpy())  # pylint: disable=protected-access
+    return int(tf.convert_to_tensor(gradients._value(iterations)).numpy())  # pylint: disable=protected-access
 
 
 def random_mask(shape, num_zeros, seed):
@@ -112,23 +113,15 @@ def _count_true(condition):
     return tf.cast(tf.reduce_sum(tf.cast(condition, dtype)), tf.int64)
 
 
-def _mask_size(layer):
-    """Number of entries of a masked layer's kernel."""
-    return int(np.prod(layer.mask.shape))
+def _sparsities(zero_counts, weights):
+    """`{weight key: fraction of zeros}` from per-weight zero counts."""
+    return {w.key: zero_counts[w.key] / max(1, w.size) for w in weights}
 
 
-def _sparsities(zero_counts, layers):
-    """`{layer_name: fraction of zeros}` from per-layer zero counts."""
-    return {
-        layer.name: zero_counts[layer.name] / max(1, _mask_size(layer))
-        for layer in layers
-    }
-
-
-def _overall_sparsity(zero_counts, layers):
-    """Fraction of zeros over all the layers' masks from zero counts."""
-    total = sum(_mask_size(layer) for layer in layers)
-    return sum(zero_counts[layer.name] for layer in layers) / total if total else 0.0
+def _overall_sparsity(zero_counts, weights):
+    """Fraction of zeros over all the masks, from zero counts."""
+    total = sum(w.size for w in weights)
+    return sum(zero_counts[w.key] for w in weights) / total if total else 0.0
 
 
 class MaskCallback(keras.callbacks.Callback):
@@ -227,9 +220,9 @@ class MaskCallback(keras.callbacks.Callback):
         self._custom_loop_optimizer = None  # set by rigl_keras.CustomLoop
         self._optimizer = None
         self._warned_non_finite = set()
-        self._layers = []
+        self._weights = []
         self._targets = {}
-        self._zero_counts = {}  # {layer_name: zeros in its mask}, kept current
+        self._zero_counts = {}  # {weight key: zeros in its mask}, kept current
         self._model_cache = {}
         self._model_cache_key = None
 
@@ -237,22 +230,22 @@ class MaskCallback(keras.callbacks.Callback):
     # Public state.
 
     @property
-    def layers(self):
-        """The masked layers of the model being trained."""
-        return list(self._layers)
+    def weights(self):
+        """The masked weights (`rigl_keras.masking.MaskedWeight`) trained."""
+        return list(self._weights)
 
     @property
     def target_sparsities(self):
-        """`{layer_name: sparsity}` resolved at the start of training."""
+        """`{weight key: sparsity}` resolved at the start of training."""
         return dict(self._targets)
 
     def layer_sparsities(self):
-        """`{layer_name: fraction of zeros in its mask}` now."""
-        return _sparsities(self._mask_zero_counts(), self._layers)
+        """`{weight key: fraction of zeros in its mask}` now."""
+        return _sparsities(self._mask_zero_counts(), self._weights)
 
     def current_sparsity(self):
-        """Overall fraction of zeros across all masked kernels (a float)."""
-        return _overall_sparsity(self._mask_zero_counts(), self._layers)
+        """Overall fraction of zeros across all masks (a float)."""
+        return _overall_sparsity(self._mask_zero_counts(), self._weights)
 
     # ------------------------------------------------------------------
     # Callback hooks.
@@ -270,12 +263,13 @@ class MaskCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        self._layers = layers_lib.masked_layers(model)
-        if not self._layers:
+        self._weights = masking.masked_weights(model)
+        if not self._weights:
             raise ValueError(
-                f"Model '{model.name}' has no masked layer: use "
-                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D in place of "
-                "Dense / Conv2D to train it sparse."
+                f"Model '{model.name}' has no masked weight: call "
+                "`rigl_keras.sparsify(model)` first (or build it from "
+                "rigl_keras.MaskedDense / rigl_keras.MaskedConv2D) to train "
+                "it sparse."
             )
         self._strategy = model.distribute_strategy
         self._optimizer = self._custom_loop_optimizer or model.optimizer
@@ -294,6 +288,7 @@ class MaskCallback(keras.callbacks.Callback):
         self._window_started = False
         self._updates_left = self.update_freq is not None
         self._next_update = None
+        self._attach_gradient_hook()
         self._prepare_masks()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -331,8 +326,8 @@ class MaskCallback(keras.callbacks.Callback):
         # Counted on device at the start of fit() and at every update (the
         # only times masks change in training), so no extra device call.
         zero_counts = self._zero_counts
-        logs["sparsity"] = _overall_sparsity(zero_counts, self._layers)
-        for name, value in _sparsities(zero_counts, self._layers).items():
+        logs["sparsity"] = _overall_sparsity(zero_counts, self._weights)
+        for name, value in _sparsities(zero_counts, self._weights).items():
             logs[f"sparsity/{name}"] = value
         logs.update(self._extra_logs())
 
@@ -343,7 +338,7 @@ class MaskCallback(keras.callbacks.Callback):
         """What `build()` returns, built once per model state.
 
         For traced functions and the variables they use: a traced function
-        holds the variables it touched when traced, the masked layers' and
+        holds the variables it touched when traced, the masked weights' and
         the optimizer's. The cache is kept across fit() calls while both are
         the same and emptied when they are not (another optimizer after
         `model.compile`, for one).
@@ -355,7 +350,7 @@ class MaskCallback(keras.callbacks.Callback):
         Returns:
             The cached or freshly built object.
         """
-        layer_ids = [id(layer) for layer in self._layers]
+        layer_ids = [id(w.variable) for w in self._weights]
         if (
             self._model_cache_key is None
             or self._model_cache_key[0] != layer_ids
@@ -370,21 +365,21 @@ class MaskCallback(keras.callbacks.Callback):
     def _mask_zero_counts(self):
         """`{layer_name: number of zeros in its mask}`, counted in one call."""
         def build():
-            layers = list(self._layers)
+            weights = list(self._weights)
 
             @tf.function
             def count_zeros():
                 return tf.stack([
-                    _count_true(tf.equal(tf.convert_to_tensor(layer.mask), 0))
-                    for layer in layers
+                    _count_true(tf.equal(tf.convert_to_tensor(w.mask), 0))
+                    for w in weights
                 ])
 
             return count_zeros
 
-        if not self._layers:
+        if not self._weights:
             return {}
         counts = self._cached_for_model("count_zeros", build)().numpy()
-        return {layer.name: int(c) for layer, c in zip(self._layers, counts)}
+        return {w.key: int(c) for w, c in zip(self._weights, counts)}
 
     def _aligned_arguments(self):
         """`(name, value)` pairs that must be multiples of steps_per_execution."""
@@ -402,15 +397,10 @@ class MaskCallback(keras.callbacks.Callback):
                 )
 
     def _resolve_targets(self):
-        names = [layer.name for layer in self._layers]
         if isinstance(self.distribution, dict):
-            unknown = sorted(set(self.distribution) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"`distribution` names layers that are not masked layers "
-                    f"of the model: {unknown}. Masked layers: {names}"
-                )
-            return {name: float(self.distribution.get(name, 0.0)) for name in names}
+            keys = masking.resolve_keys(self._weights, self.distribution, "distribution")
+            given = {keys[name]: float(value) for name, value in self.distribution.items()}
+            return {w.key: given.get(w.key, 0.0) for w in self._weights}
         return distributions.sparsity_distribution(
             self.model,
             self.sparsity,
@@ -456,20 +446,34 @@ class MaskCallback(keras.callbacks.Callback):
         if self._next_update is None:
             self._updates_left = False
 
-    def _warn_non_finite(self, layer, step, what):
-        """Warns once per layer that its update was skipped."""
-        if layer.name in self._warned_non_finite:
+    def _warn_non_finite(self, weight, step, what):
+        """Warns once per weight that its update was skipped."""
+        if weight.key in self._warned_non_finite:
             return
-        self._warned_non_finite.add(layer.name)
+        self._warned_non_finite.add(weight.key)
         warnings.warn(
-            f"Skipped the {what} of layer '{layer.name}' at step {step}: its "
+            f"Skipped the {what} of weight '{weight.key}' at step {step}: its "
             "dense gradient or kernel is not finite. Its mask and weights "
             "are unchanged.",
             stacklevel=3,
         )
 
+    def _attach_gradient_hook(self):
+        """Masks the masked weights' gradients in the optimizer's `apply`.
+
+        A train function traced without the hook (a model trained dense
+        before) is dropped so that fit() traces one with it.
+        """
+        changed = gradients.attach(self._optimizer, self._weights, self._hook_recorders())
+        if changed and self._custom_loop_optimizer is None:
+            self.model.make_train_function(force=True)
+
     # ------------------------------------------------------------------
     # Hooks.
+
+    def _hook_recorders(self):
+        """`{weight key: DenseGradientRecorder}` the hook should use now."""
+        return {}
 
     def _prepare_masks(self):
         """Called at the start of training, once the targets are known."""
@@ -599,6 +603,7 @@ class RigLCallback(MaskCallback):
         self.seed = seed
         self._record_step = None
         self._recorders_optimizer = None
+        self._recorders = {}  # {weight key: DenseGradientRecorder}
         # {mode: traced train function}: "always" and "never" when the
         # callback picks one per step, else the one "step" function.
         self._train_functions = {}
@@ -664,7 +669,7 @@ class RigLCallback(MaskCallback):
         self._initialize_masks()
 
     def _initialize_masks(self):
-        shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
+        shapes = {w.key: w.shape for w in self._weights}
         targets = distributions.layer_zero_counts(shapes, self._targets)
         start_training = self._cached_for_model(
             "start_training", self._build_start_function
@@ -672,31 +677,27 @@ class RigLCallback(MaskCallback):
         with self._strategy.scope():
             zero_counts = start_training().numpy()
             fresh = [
-                layer for layer, zeros in zip(self._layers, zero_counts)
-                if zeros == 0 and targets[layer.name] > 0
+                w for w, zeros in zip(self._weights, zero_counts)
+                if zeros == 0 and targets[w.key] > 0
             ]
-            for layer in fresh:  # An all-ones mask: draw the initial one.
-                layer.mask.assign(
-                    random_mask(
-                        shapes[layer.name],
-                        targets[layer.name],
-                        _layer_seed(self.seed, layer.name),
-                    )
+            for w in fresh:  # An all-ones mask: draw the initial one.
+                w.mask.assign(
+                    random_mask(w.shape, targets[w.key], _layer_seed(self.seed, w.key))
                 )
             if fresh:
                 zero_counts = start_training().numpy()
         self._zero_counts = {
-            layer.name: int(zeros) for layer, zeros in zip(self._layers, zero_counts)
+            w.key: int(zeros) for w, zeros in zip(self._weights, zero_counts)
         }
-        for layer in self._layers:
-            if self._zero_counts[layer.name] != targets[layer.name]:
+        for w in self._weights:
+            if self._zero_counts[w.key] != targets[w.key]:
                 warnings.warn(
-                    f"Layer '{layer.name}' already has a sparse mask with "
-                    f"{self._zero_counts[layer.name]} zeros; keeping it (the "
-                    f"target is {targets[layer.name]}).",
+                    f"Weight '{w.key}' already has a sparse mask with "
+                    f"{self._zero_counts[w.key]} zeros; keeping it (the "
+                    f"target is {targets[w.key]}).",
                     stacklevel=2,
                 )
-        total = sum(_mask_size(layer) for layer in self._layers)
+        total = sum(w.size for w in self._weights)
         self._ever_active_total = total - sum(self._zero_counts.values())
 
     def _build_start_function(self):
@@ -714,21 +715,21 @@ class RigLCallback(MaskCallback):
             reset_state = True
         except ValueError:  # Allowed for static training (update_freq=None).
             reset_state = False
-        layers = list(self._layers)
+        weights = list(self._weights)
         optimizer = self._optimizer
         ever_active = self._ever_active_variables()
 
         @tf.function
         def start_training():
             zero_counts = []
-            for layer in layers:
-                layer.apply_mask()
-                inactive = tf.equal(tf.convert_to_tensor(layer.mask), 0)
+            for w in weights:
+                w.apply_mask()
+                inactive = tf.equal(tf.convert_to_tensor(w.mask), 0)
                 if reset_state:
                     optimizer_state.reset_optimizer_state(
-                        optimizer, layer.kernel, inactive
+                        optimizer, w.variable, inactive
                     )
-                ever_active[layer.name].assign(tf.logical_not(inactive))
+                ever_active[w.key].assign(tf.logical_not(inactive))
                 zero_counts.append(_count_true(inactive))
             return tf.stack(zero_counts)
 
@@ -739,12 +740,12 @@ class RigLCallback(MaskCallback):
         def build():
             with self._strategy.scope():
                 return {
-                    layer.name: tf.Variable(
-                        tf.zeros(layer.mask.shape, tf.bool),
+                    w.key: tf.Variable(
+                        tf.zeros(w.shape, tf.bool),
                         trainable=False,
-                        name=f"ever_active_{layer.name}",
+                        name="ever_active",
                     )
-                    for layer in self._layers
+                    for w in self._weights
                 }
 
         return self._cached_for_model("ever_active", build)
@@ -783,23 +784,29 @@ class RigLCallback(MaskCallback):
 
     def _extra_logs(self):
         """`drop_fraction` (of the epoch's last update; 0 if it had none),
-        per-layer `churn/<layer>` (fraction of active connections replaced at
+        per-weight `churn/<weight key>` (fraction of active connections replaced at
         the last update) and `itop_rate` (fraction of all masked kernel
         positions that have ever been active: in-time over-parameterization).
         """
         logs = {"drop_fraction": self._drop_fraction_now}
         for name, value in self._churn.items():
             logs[f"churn/{name}"] = value
-        total = sum(_mask_size(layer) for layer in self._layers)
+        total = sum(w.size for w in self._weights)
         logs["itop_rate"] = self._ever_active_total / total if total else 0.0
         return logs
 
     # ------------------------------------------------------------------
     # Dense-gradient recording.
 
+    def _hook_recorders(self):
+        if self._recorders_current():
+            return dict(self._recorders)
+        return {}
+
     def _attach_recorders(self):
-        """Gives every masked layer a dense-gradient recorder and makes the
-        train function(s) that use them.
+        """Gives every masked weight a dense-gradient recorder in the
+        optimizer's gradient hook and makes the train function(s) that use
+        them.
 
         Recorders and train functions stay attached between fit() calls of
         this callback and are reused while they are current: the same
@@ -814,11 +821,12 @@ class RigLCallback(MaskCallback):
             # (an exception in an earlier callback) left a gradient behind
             # that the next recording would add to.
             with self._strategy.scope():
-                for layer in self._layers:
-                    if layer.recorder.momentum is None:
-                        layer.recorder.reset()
+                for recorder in self._recorders.values():
+                    if recorder.momentum is None:
+                        recorder.reset()
         else:
             self._create_recorders()
+        gradients.attach(self._optimizer, self._weights, self._recorders)
         if self._custom_loop_optimizer is not None:
             return  # A custom loop traces its own step after CustomLoop.begin().
         if any(f is self.model.train_function for f in self._train_functions.values()):
@@ -831,24 +839,23 @@ class RigLCallback(MaskCallback):
             # callback picks per step (see on_train_batch_begin), so steps
             # between updates cost what static sparse training costs.
             for mode in ("always", "never"):
+                self._set_recording_mode(mode)
                 self.model.make_train_function(force=True)
                 self._train_functions[mode] = self.model.train_function
             self._use_train_function("never")
         else:
+            self._set_recording_mode("step")
             self.model.make_train_function(force=True)
             self._train_functions["step"] = self.model.train_function
 
     def _recorders_current(self):
-        """Whether every layer holds a recorder of this callback for the
-        optimizer training now."""
+        """Whether this callback's recorders cover the weights trained now,
+        for the optimizer training now."""
         return (
             self._record_step is not None
             and self._recorders_optimizer is self._optimizer
-            and all(
-                layer.recorder is not None
-                and layer.recorder.record_step is self._record_step
-                for layer in self._layers
-            )
+            and set(self._recorders) == {w.key for w in self._weights}
+            and gradients.attached_optimizer(self._optimizer)
         )
 
     def _create_recorders(self):
@@ -856,15 +863,17 @@ class RigLCallback(MaskCallback):
         optimizer = self._optimizer
         with self._strategy.scope():
             self._record_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-            for layer in self._layers:
-                layer.recorder = layers_lib.DenseGradientRecorder(
-                    tuple(layer.kernel.shape),
+            self._recorders = {
+                w.key: gradients.DenseGradientRecorder(
+                    w.shape,
                     # Re-read in the graph: with gradient_accumulation_steps
                     # `iterations` is a tensor computed from the raw counter.
                     lambda: optimizer.iterations,
                     self._record_step,
                     momentum=momentum,
                 )
+                for w in self._weights
+            }
         self._recorders_optimizer = optimizer
         # Train functions traced before hold no recorder, or other ones.
         self._train_functions = {}
@@ -885,10 +894,13 @@ class RigLCallback(MaskCallback):
         """Whether the callback picks the train function per step."""
         return "never" in self._train_functions
 
+    def _set_recording_mode(self, mode):
+        for recorder in self._recorders.values():
+            recorder.mode = mode
+
     def _use_train_function(self, mode):
         """Sets the recorders' trace-time mode and the matching function."""
-        for layer in self._layers:
-            layer.recorder.mode = mode
+        self._set_recording_mode(mode)
         self.model.train_function = self._train_functions[mode]
         self._recording_mode = mode
 
@@ -900,15 +912,16 @@ class RigLCallback(MaskCallback):
             self._use_train_function(wanted)
 
     def detach(self):
-        """Removes the recorders from the layers (training keeps working).
+        """Removes the gradient hook and the recorders (frees their memory).
 
-        Call it to free the recorders' memory (one float32 copy of every
-        kernel) once training with this callback is over for good.
+        Call it once training with this callback is over for good: the
+        optimizer then no longer masks gradients, so the masked weights'
+        inactive entries stay zero only in graphs traced before.
         """
-        attached = False
-        for layer in self._layers:
-            attached = attached or layer.recorder is not None
-            layer.recorder = None
+        if self._optimizer is not None:
+            gradients.detach(self._optimizer, self._weights)
+        attached = bool(self._recorders)
+        self._recorders = {}
         self._record_step = None
         self._recorders_optimizer = None
         self._train_functions = {}
@@ -918,29 +931,30 @@ class RigLCallback(MaskCallback):
     # ------------------------------------------------------------------
     # The update.
 
-    def _sparse_layers(self):
-        return [l for l in self._layers if 0 < self._targets[l.name] < 1]
+    def _sparse_weights(self):
+        return [w for w in self._weights if 0 < self._targets[w.key] < 1]
 
     def _build_update_function(self):
-        sparse_layers = self._sparse_layers()
-        layer_seeds = [_layer_seed(self.seed, l.name) for l in sparse_layers]
+        sparse_weights = self._sparse_weights()
+        weight_seeds = [_layer_seed(self.seed, w.key) for w in sparse_weights]
         ever_active = self._ever_active_variables()
+        recorders = dict(self._recorders)
 
         @tf.function
         def update(drop_fraction, step):
             return [
-                self._update_layer(
-                    layer, drop_fraction, step, layer_seed, ever_active[layer.name]
+                self._update_weight(
+                    w, recorders.get(w.key), drop_fraction, step, weight_seed,
+                    ever_active[w.key],
                 )
-                for layer, layer_seed in zip(sparse_layers, layer_seeds)
+                for w, weight_seed in zip(sparse_weights, weight_seeds)
             ]
 
         return update
 
-    def _update_layer(self, layer, drop_fraction, step, layer_seed, ever_active):
-        kernel = tf.convert_to_tensor(layer.kernel)
-        mask = tf.convert_to_tensor(layer.mask)
-        recorder = layer.recorder
+    def _update_weight(self, weight, recorder, drop_fraction, step, weight_seed, ever_active):
+        kernel = tf.convert_to_tensor(weight.variable)
+        mask = tf.convert_to_tensor(weight.mask)
         if recorder is not None:
             gradient = tf.convert_to_tensor(recorder.gradient)
         else:
@@ -949,14 +963,14 @@ class RigLCallback(MaskCallback):
             tf.reduce_all(tf.math.is_finite(gradient)),
             tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32))),
         )
-        seed = tf.stack([tf.constant(layer_seed, tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.stack([tf.constant(weight_seed, tf.int64), tf.cast(step, tf.int64)])
 
         def apply_update():
             result = self.updater.update(kernel, mask, gradient, drop_fraction, seed)
-            layer.mask.assign(result.mask)
-            layer.kernel.assign(result.kernel)
+            weight.mask.assign(result.mask)
+            weight.variable.assign(result.kernel)
             changed = tf.logical_or(result.grown, result.dropped)
-            optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, changed)
+            optimizer_state.reset_optimizer_state(self._optimizer, weight.variable, changed)
             newly_active = tf.logical_and(result.grown, tf.logical_not(ever_active))
             ever_active.assign(tf.logical_or(ever_active, result.grown))
             return (
@@ -972,7 +986,7 @@ class RigLCallback(MaskCallback):
                 _count_true(tf.equal(mask, 0)),
             )
 
-        # A non-finite gradient or kernel leaves the layer untouched.
+        # A non-finite gradient or kernel leaves the weight untouched.
         grown, newly_active, zeros = tf.cond(finite, apply_update, skip)
         if recorder is not None and recorder.momentum is None:
             recorder.reset()
@@ -992,37 +1006,37 @@ class RigLCallback(MaskCallback):
         self._drop_fraction_now = fraction
         if fraction <= 0.0:  # nothing to replace (the cosine at end_step)
             with self._strategy.scope():
-                for layer in self._layers:
-                    if layer.recorder is not None and layer.recorder.momentum is None:
-                        layer.recorder.reset()
-            self._churn = {layer.name: 0.0 for layer in self._sparse_layers()}
+                for recorder in self._recorders.values():
+                    if recorder.momentum is None:
+                        recorder.reset()
+            self._churn = {w.key: 0.0 for w in self._sparse_weights()}
             return
         with self._strategy.scope():
             update = self._cached_for_model("update", self._build_update_function)
             results = update(tf.constant(fraction, tf.float64), tf.constant(step, tf.int64))
         total_grown = 0
-        for layer, result in zip(self._sparse_layers(), results):
-            self._zero_counts[layer.name] = int(result["zeros"])
+        for w, result in zip(self._sparse_weights(), results):
+            self._zero_counts[w.key] = int(result["zeros"])
             self._ever_active_total += int(result["newly_active"])
             if not bool(result["finite"]):
-                self._warn_non_finite(layer, step, "mask update")
-                self._churn[layer.name] = 0.0
+                self._warn_non_finite(w, step, "mask update")
+                self._churn[w.key] = 0.0
                 continue
             if self.updater.uses_gradient and bool(result["gradient_is_zero"]):
                 warnings.warn(
-                    f"The recorded dense gradient of layer '{layer.name}' is "
+                    f"The recorded dense gradient of weight '{w.key}' is "
                     f"all zeros at step {step}: grown connections were picked "
-                    "by tie-break only. Was the layer called with "
-                    "training=True in the train step?",
+                    "by tie-break only. Does the train step reach the "
+                    "weight's layer, called with training=True?",
                     stacklevel=2,
                 )
             grown = int(result["grown"])
             total_grown += grown
-            active = _mask_size(layer) - self._zero_counts[layer.name]
-            self._churn[layer.name] = grown / max(1, active)
+            active = w.size - self._zero_counts[w.key]
+            self._churn[w.key] = grown / max(1, active)
         if self.verbose:
             print(
                 f"RigLCallback: step {step}: drop fraction {fraction:.4f}, "
                 f"{total_grown} connections regrown, sparsity "
-                f"{_overall_sparsity(self._zero_counts, self._layers):.4f}"
+                f"{_overall_sparsity(self._zero_counts, self._weights):.4f}"
             )

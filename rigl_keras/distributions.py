@@ -25,16 +25,24 @@ are available:
   `erk_power_scale` is ignored. For 2-D kernels ER equals ERK with power 1;
   for 1-D shapes (fewer than two dims) ER also falls back to the ERK score.
 
-For ER and ERK, `eps` is solved so that the number of non-zeros over *all*
-layers equals that of a uniform distribution:
+For ER and ERK, `eps` is solved so that the number of non-zeros over the
+layers not kept dense by the user equals that of a uniform distribution
+over them:
 
-    eps * sum_{l sparse} r_l * N_l + sum_{l dense} N_l = (1 - S) * sum_l N_l.
+    eps * sum_{l sparse} r_l * N_l + sum_{l saturated} N_l
+        = (1 - S) * sum_{l not in dense_layers} N_l.
 
-Layers in `dense_layers` are dense (sparsity 0.0) but stay inside this
-budget. If `eps * r_l > 1` for the layer(s) with the largest raw score, those
-layers are made dense as well and `eps` is solved again, until every density
-is at most 1 (the loop of google-research/rigl `get_sparsities_erdos_renyi`).
-Layer sparsity is `1 - eps * r_l`.
+Layers in `dense_layers` are dense (sparsity 0.0) and outside this budget,
+as in the reference implementation and the paper (ResNet-50 with a dense
+first layer at 80%: 80% is the sparsity of the other layers). If
+`eps * r_l > 1` for the layer(s) with the largest raw score, those layers
+are made dense ("saturated"), stay inside the budget, and `eps` is solved
+again, until every density is at most 1 (the loop of google-research/rigl
+`get_sparsities_erdos_renyi`). Layer sparsity is `1 - eps * r_l`.
+
+`fan_shapes` (optional) gives the shape each raw score is computed from;
+`rigl_keras.masking.MaskedWeight.fan_shape` is the fan-in/fan-out view of
+weights that are not plain matrices or conv kernels.
 
 Example:
 
@@ -171,15 +179,17 @@ def _raw_score(shape, method, erk_power_scale):
     return (sum(shape) / math.prod(shape)) ** power
 
 
-def _erdos_renyi(shapes, sparsity, method, dense_layers, erk_power_scale):
+def _erdos_renyi(shapes, sparsity, method, dense_layers, erk_power_scale, fan_shapes):
     """Solves the ER/ERK scaling `eps`, densifying saturated layers.
 
     Args:
         shapes: Validated `{name: shape}` dict.
         sparsity: Validated global sparsity in (0, 1).
         method: `"er"` or `"erk"`.
-        dense_layers: Frozenset of names forced dense by the user.
+        dense_layers: Frozenset of names forced dense by the user (outside
+            the budget).
         erk_power_scale: Validated exponent for the ERK score.
+        fan_shapes: `{name: shape}` the raw scores are computed from.
 
     Returns:
         `{name: sparsity}` in the order of `shapes`.
@@ -190,24 +200,24 @@ def _erdos_renyi(shapes, sparsity, method, dense_layers, erk_power_scale):
     """
     n_params = {name: math.prod(shape) for name, shape in shapes.items()}
     raw = {
-        name: _raw_score(shape, method, erk_power_scale)
+        name: _raw_score(fan_shapes.get(name, shape), method, erk_power_scale)
         for name, shape in shapes.items()
     }
-    budget = (1.0 - sparsity) * sum(n_params.values())
+    budget = (1.0 - sparsity) * sum(
+        n for name, n in n_params.items() if name not in dense_layers
+    )
 
     # Each pass either finds a valid eps or moves at least one layer into
     # `dense`, so the loop ends after at most len(shapes) passes.
-    dense = set(dense_layers)
+    dense = set()
     while True:
-        sparse = [name for name in shapes if name not in dense]
+        sparse = [name for name in shapes if name not in dense and name not in dense_layers]
         # eps * sum_{sparse} r_l * N_l = budget - sum_{dense} N_l = rhs.
         rhs = budget - sum(n_params[name] for name in dense)
         if not sparse or rhs <= 0.0:
             raise ValueError(
-                f"Cannot reach sparsity={sparsity} over all layers: the "
-                f"layers that must be dense ({sorted(dense)}) hold "
-                f"{sum(n_params[n] for n in dense)} weights, but only "
-                f"{budget:.6g} non-zeros are allowed in total. Use a lower "
+                f"Cannot reach sparsity={sparsity}: every layer not in "
+                "`dense_layers` would have to be dense. Use a lower "
                 "`sparsity` or fewer `dense_layers`. "
                 + _received("dense_layers", tuple(sorted(dense_layers)))
             )
@@ -221,13 +231,15 @@ def _erdos_renyi(shapes, sparsity, method, dense_layers, erk_power_scale):
         dense.update(name for name in sparse if raw[name] == max_raw)
 
     return {
-        name: 0.0 if name in dense else max(0.0, 1.0 - eps * raw[name])
+        name: 0.0 if name in dense or name in dense_layers
+        else max(0.0, 1.0 - eps * raw[name])
         for name in shapes
     }
 
 
 def distribute_sparsity(
-    shapes, sparsity, method="erk", dense_layers=(), erk_power_scale=1.0
+    shapes, sparsity, method="erk", dense_layers=(), erk_power_scale=1.0,
+    fan_shapes=None,
 ):
     """Splits a global sparsity over layers given their kernel shapes.
 
@@ -237,18 +249,19 @@ def distribute_sparsity(
         sparsity: Global fraction of zeros, a real number in [0, 1).
         method: One of `"uniform"`, `"er"`, `"erk"` (see the module
             docstring for the formulas).
-        dense_layers: Names of layers to keep dense (sparsity 0.0). For ER
-            and ERK they still count in the global budget; a single string is
-            treated as one name.
+        dense_layers: Names of layers to keep dense (sparsity 0.0), outside
+            the budget; a single string is treated as one name.
         erk_power_scale: Non-negative exponent applied to the ERK raw score;
             values below 1 flatten the distribution, 0 makes it uniform.
             Ignored by `"uniform"` and `"er"`.
+        fan_shapes: Optional `{layer_name: shape}` the ER/ERK raw scores are
+            computed from (default: `shapes`).
 
     Returns:
         Dict `{layer_name: sparsity}` with floats in [0, 1), in the order of
-        `shapes`. For ER and ERK,
-        `sum_l (1 - s_l) * N_l == (1 - sparsity) * sum_l N_l` up to float
-        round-off.
+        `shapes`. For ER and ERK, summed over the layers not in
+        `dense_layers`, `sum_l (1 - s_l) * N_l == (1 - sparsity) * sum_l N_l`
+        up to float round-off.
 
     Raises:
         ValueError: If `shapes` is empty or has a non-positive dim, if
@@ -274,45 +287,49 @@ def distribute_sparsity(
             name: 0.0 if name in dense_layers else sparsity for name in shapes
         }
     return _erdos_renyi(
-        shapes, sparsity, method, dense_layers, erk_power_scale
+        shapes, sparsity, method, dense_layers, erk_power_scale,
+        dict(fan_shapes or {}),
     )
 
 
 def sparsity_distribution(
     model, sparsity, method="erk", dense_layers=(), erk_power_scale=1.0
 ):
-    """Splits a global sparsity over the masked layers of a Keras model.
+    """Splits a global sparsity over the masked weights of a Keras model.
 
-    Only masked layers (`MaskedDense`, `MaskedConv2D`) count; plain Keras
-    layers are outside the budget.
+    Only masked weights count (`rigl_keras.sparsify`, `MaskedDense`,
+    `MaskedConv2D`); everything else is outside the budget. ER and ERK
+    score each weight's fan-in/fan-out view
+    (`rigl_keras.masking.MaskedWeight.fan_shape`).
 
     Args:
-        model: A built Keras model containing masked layers.
+        model: A built Keras model with masked weights.
         sparsity: Global fraction of zeros, a real number in [0, 1).
         method: One of `"uniform"`, `"er"`, `"erk"`.
-        dense_layers: Names (`layer.name`) of masked layers to keep dense.
+        dense_layers: Masked weights to keep dense (outside the budget):
+            variable paths, or layer names that own one masked weight.
         erk_power_scale: Non-negative exponent of the ERK raw score.
 
     Returns:
-        Dict `{layer.name: sparsity}` for every masked layer, in model order.
+        Dict `{variable path: sparsity}` for every masked weight, in
+        `rigl_keras.masking.masked_weights` order.
 
     Raises:
-        ValueError: If the model is not built, has no masked layer, has two
-            masked layers with the same name, or for any argument error
-            listed in `distribute_sparsity`.
+        ValueError: If the model is not built or has no masked weight, if
+            `dense_layers` names no masked weight, or for any argument
+            error listed in `distribute_sparsity`.
 
     Example:
 
-    ```python
-    model = keras.Sequential(
-        [keras.Input((784,)), MaskedDense(300), MaskedDense(10)]
-    )
-    sparsities = sparsity_distribution(model, 0.9, method="erk")
-    ```
+    >>> model = keras.Sequential([keras.Input((784,)),
+    ...     keras.layers.Dense(300), keras.layers.Dense(10)])
+    >>> _ = rigl_keras.sparsify(model)
+    >>> sparsity_distribution(model, 0.9, method="erk")
+    {'sequential/dense/kernel': 0.9..., 'sequential/dense_1/kernel': 0.0}
     """
     # Imported here so this module stays importable (and testable) without
     # the Keras layer code.
-    from rigl_keras.layers import masked_layers
+    from rigl_keras import masking  # pylint: disable=import-outside-toplevel
 
     if not getattr(model, "built", False):
         raise ValueError(
@@ -320,26 +337,22 @@ def sparsity_distribution(
             "(e.g. with `keras.Input` or `model.build(input_shape)`) or call "
             "it on data first, so that kernel shapes are known."
         )
-    layers = masked_layers(model)
-    if not layers:
+    weights = masking.masked_weights(model)
+    if not weights:
         raise ValueError(
-            f"Model {getattr(model, 'name', model)!r} has no masked layer "
-            "(MaskedDense/MaskedConv2D); there is nothing to sparsify."
+            f"Model {getattr(model, 'name', model)!r} has no masked weight: "
+            "call `rigl_keras.sparsify(model)` first."
         )
-    shapes = {}
-    for layer in layers:
-        if layer.name in shapes:
-            raise ValueError(
-                f"Model has two masked layers named {layer.name!r}; layer "
-                "names must be unique to key their sparsities."
-            )
-        shapes[layer.name] = tuple(layer.kernel.shape)
+    if isinstance(dense_layers, str):
+        dense_layers = (dense_layers,)
+    dense = masking.resolve_keys(weights, tuple(dense_layers), "dense_layers")
     return distribute_sparsity(
-        shapes,
+        {w.key: w.shape for w in weights},
         sparsity,
         method=method,
-        dense_layers=dense_layers,
+        dense_layers=tuple(dense.values()),
         erk_power_scale=erk_power_scale,
+        fan_shapes={w.key: w.fan_shape for w in weights},
     )
 
 

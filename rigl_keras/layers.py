@@ -14,11 +14,10 @@ How the mask is applied (the design, measured in `benchmarks/overhead.py`):
   as it is, with no multiply; the backward pass multiplies the incoming
   gradient by the mask, so the optimizer sees exactly
   `dL/dW = dL/d(W * M) * M` and nothing moves an inactive weight off zero.
-* Before the mask is applied, that incoming gradient is the *dense* gradient
-  `dL/d(W * M)` at every position. On the steps a RigL update needs it, a
-  `DenseGradientRecorder` attached by the callback stores it (a
-  `tf.distribute` sync-on-read variable, so reading it across replicas gives
-  the replica mean). On all other steps recording costs one scalar compare.
+* While a `rigl_keras` callback trains the model, the gradient hook on its
+  optimizer (`rigl_keras.gradients`) masks the gradient instead, as it does
+  for every weight `rigl_keras.sparsify` masks, and records the dense
+  gradient `dL/d(W * M)` on the steps a RigL update needs it.
 * Outside training (`predict`, `evaluate`, export) the layer multiplies by
   the mask, so its output is `W * M` even if someone wrote non-zeros into
   inactive entries by hand.
@@ -32,124 +31,8 @@ __all__ = [
     "MaskedLayer",
     "MaskedDense",
     "MaskedConv2D",
-    "DenseGradientRecorder",
     "masked_layers",
 ]
-
-
-class DenseGradientRecorder:
-    """Records a masked layer's dense kernel gradient on chosen steps.
-
-    The recorder is attached to a layer by a callback (`layer.recorder = ...`)
-    before the train function is traced. Inside the backward pass the layer
-    calls `maybe_record(grad)`: when `step_counter + 1 == record_step` (the
-    optimizer step about to be applied is the one an update needs), the
-    gradient is added to `gradient`. Adding rather than assigning gives the
-    correct sum when a layer is called at several sites of a model.
-
-    Args:
-        shape: The kernel's shape.
-        step_counter: The optimizer's `iterations` variable, or a callable
-            returning the current step (needed with
-            `gradient_accumulation_steps`, where `iterations` is a tensor
-            computed from the raw counter and must be re-read in the graph).
-        record_step: An int64 `tf.Variable` holding the optimizer step whose
-            gradient should be recorded (`-1` for none).
-        momentum: `None` to record on `record_step` only; a float in
-            `[0, 1)` to keep instead, on every step, the exponential moving
-            average `gradient = momentum * gradient + (1 - momentum) * grad`
-            (SNFS).
-
-    Example:
-
-    >>> layer = MaskedDense(2)
-    >>> _ = layer(np.ones((1, 3), "float32"))
-    >>> counter = tf.Variable(0, dtype=tf.int64)
-    >>> recorder = DenseGradientRecorder(
-    ...     (3, 2), counter, tf.Variable(1, dtype=tf.int64))
-    >>> recorder.gradient.shape
-    TensorShape([3, 2])
-    """
-
-    def __init__(self, shape, step_counter, record_step, momentum=None):
-        if momentum is not None and not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                f"`momentum` must be None or in [0, 1). Received: momentum={momentum}"
-            )
-        self.step_counter = step_counter
-        self.record_step = record_step
-        self.momentum = momentum
-        # Read when a train step is *traced*: "step" decides in the graph
-        # from `step_counter` and `record_step`; "always" and "never" let a
-        # caller keep two traced train functions and pick one per step, so
-        # that ordinary steps carry no recording ops at all.
-        self.mode = "step"
-        # ON_READ: each replica adds into its own copy, with no cross-replica
-        # traffic inside the train step; reading it in cross-replica context
-        # (the update function) returns the mean over replicas.
-        self.gradient = tf.Variable(
-            tf.zeros(shape, tf.float32),
-            trainable=False,
-            name="dense_gradient",
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.MEAN,
-        )
-
-    def should_record(self):
-        """Returns a boolean tensor: is the current step a recording step?"""
-        counter = self.step_counter
-        if callable(counter):
-            counter = counter()
-        step = tf.cast(_value(counter), tf.int64) + 1
-        return tf.equal(step, tf.cast(_value(self.record_step), tf.int64))
-
-    def maybe_record(self, grad):
-        """Adds `grad` to the stored gradient if this is a recording step.
-
-        With `momentum` set, updates the moving average instead, every step,
-        except on steps whose gradient is not finite (steps a
-        `LossScaleOptimizer` skips on overflow): one of those would poison
-        the average for good.
-        """
-        if self.momentum is not None:
-            grad = tf.cast(grad, tf.float32)
-            average = self.gradient.read_value()
-            self.gradient.assign(
-                tf.where(
-                    tf.reduce_all(tf.math.is_finite(grad)),
-                    self.momentum * average + (1.0 - self.momentum) * grad,
-                    average,
-                )
-            )
-            return tf.constant(True)
-
-        def record():
-            # A non-finite stored value is what a step skipped by a
-            # LossScaleOptimizer (overflow) leaves behind: the optimizer
-            # retries the step, and the retry overwrites it.
-            stored = self.gradient.read_value()
-            fresh = tf.cast(grad, tf.float32)
-            self.gradient.assign(
-                tf.where(
-                    tf.reduce_all(tf.math.is_finite(stored)), stored + fresh, fresh
-                )
-            )
-            return tf.constant(True)
-
-        if self.mode == "always":
-            # Only used without loss scaling (see RigLCallback), so no
-            # skipped step can have left a non-finite value behind.
-            self.gradient.assign_add(tf.cast(grad, tf.float32))
-            return tf.constant(True)
-        if self.mode == "never":
-            return tf.constant(False)
-        return tf.cond(
-            self.should_record(), record, lambda: tf.constant(False)
-        )
-
-    def reset(self):
-        """Zeroes the stored gradient (call in cross-replica context)."""
-        self.gradient.assign(tf.zeros_like(self.gradient))
 
 
 def _value(variable):
@@ -159,8 +42,8 @@ def _value(variable):
     return variable
 
 
-def _zero_kept_kernel(kernel, mask, recorder):
-    """Identity forward, masked backward, optional dense-gradient recording.
+def _zero_kept_kernel(kernel, mask):
+    """Identity forward, masked backward.
 
     Valid only while inactive kernel entries hold exactly zero, which the
     masked layers maintain: then `kernel == kernel * mask` and the multiply
@@ -170,11 +53,7 @@ def _zero_kept_kernel(kernel, mask, recorder):
     @tf.custom_gradient
     def forward(k):
         def backward(dy):
-            if recorder is None:
-                return dy * mask
-            recorded = recorder.maybe_record(dy)
-            with tf.control_dependencies([recorded]):
-                return dy * mask
+            return dy * mask
 
         return tf.identity(k), backward
 
@@ -191,12 +70,7 @@ class MaskedLayer(keras.layers.Layer):
     Attributes:
         kernel: The raw trainable kernel. Entries outside the mask are 0.0.
         mask: Non-trainable variable of the kernel's shape, exactly 0.0/1.0.
-        recorder: `None`, or a `DenseGradientRecorder` set by a callback.
     """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.recorder = None
 
     def _build_mask(self):
         self.mask = self.add_weight(
@@ -210,8 +84,12 @@ class MaskedLayer(keras.layers.Layer):
     def _effective_kernel(self, training):
         kernel = tf.convert_to_tensor(self.kernel)
         mask = tf.cast(_value(self.mask), kernel.dtype)
+        if training and self.__dict__.get("_rigl_gradient_masked_by_optimizer"):
+            # A mask callback's optimizer hook masks (and records) the
+            # gradient: the kernel is used as it is.
+            return kernel
         if training:
-            return _zero_kept_kernel(kernel, mask, self.recorder)
+            return _zero_kept_kernel(kernel, mask)
         return kernel * mask
 
     def apply_mask(self):
@@ -233,16 +111,6 @@ class MaskedLayer(keras.layers.Layer):
         """Fraction of mask entries that are 0.0, as a Python float."""
         mask = np.asarray(self.mask)
         return float(1.0 - mask.mean()) if mask.size else 0.0
-
-    # The recorder is transient training state, never part of the config.
-    def __setattr__(self, name, value):
-        if name == "recorder" and value is not None:
-            if not isinstance(value, DenseGradientRecorder):
-                raise TypeError(
-                    "`recorder` must be a DenseGradientRecorder or None. "
-                    f"Received: recorder={value!r}"
-                )
-        super().__setattr__(name, value)
 
 
 def _check_lora(layer_name, lora_rank, quantization_config=None):

@@ -26,12 +26,10 @@ Steps are counted with `model.optimizer.iterations`, as in
 
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from rigl_keras import callbacks as callbacks_lib
 from rigl_keras import distributions
-from rigl_keras import layers as layers_lib
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
@@ -199,11 +197,11 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         return super()._aligned_arguments() + (("end_step", self.end_step or 0),)
 
     def _prepare_masks(self):
-        self._pruned = [l for l in self._layers if self._targets[l.name] > 0.0]
-        self._shapes = {l.name: tuple(l.mask.shape) for l in self._layers}
+        self._pruned = [w for w in self._weights if self._targets[w.key] > 0.0]
+        self._shapes = {w.key: w.shape for w in self._weights}
         with self._strategy.scope():
-            for layer in self._layers:
-                layer.apply_mask()
+            for weight in self._weights:
+                weight.apply_mask()
         self._zero_counts = self._mask_zero_counts()
         self._schedules = None
         self._updates_left = bool(self._pruned)
@@ -219,14 +217,14 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
                 "`end_step` or train longer."
             )
         self._schedules = {
-            layer.name: schedules.PolynomialSparsity(
-                self._targets[layer.name],
+            w.key: schedules.PolynomialSparsity(
+                self._targets[w.key],
                 self.begin_step,
                 self._end_step,
-                initial_sparsity=min(self.initial_sparsity, self._targets[layer.name]),
+                initial_sparsity=min(self.initial_sparsity, self._targets[w.key]),
                 power=_POWER,
             )
-            for layer in self._pruned
+            for w in self._pruned
         }
         if not self._pruned:
             return
@@ -246,24 +244,24 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
 
     def _build_update_function(self):
         seeds = [
-            callbacks_lib._layer_seed(_TIE_BREAK_SEED, l.name)  # pylint: disable=protected-access
-            for l in self._pruned
+            callbacks_lib._layer_seed(_TIE_BREAK_SEED, w.key)  # pylint: disable=protected-access
+            for w in self._pruned
         ]
 
         @tf.function
         def update(keep_counts, step):
             results = []
-            for i, (layer, layer_seed) in enumerate(zip(self._pruned, seeds)):
+            for i, (weight, weight_seed) in enumerate(zip(self._pruned, seeds)):
                 results.append(
-                    self._prune_layer(layer, keep_counts[i], step, layer_seed)
+                    self._prune_weight(weight, keep_counts[i], step, weight_seed)
                 )
             return results
 
         return update
 
-    def _prune_layer(self, layer, keep, step, layer_seed):
-        kernel = tf.convert_to_tensor(layer.kernel)
-        mask = tf.convert_to_tensor(layer.mask)
+    def _prune_weight(self, weight, keep, step, layer_seed):
+        kernel = tf.convert_to_tensor(weight.variable)
+        mask = tf.convert_to_tensor(weight.mask)
         finite = tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32)))
         active = mask > 0
         nnz = tf.reduce_sum(tf.cast(active, tf.int32))
@@ -273,9 +271,9 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         )
         kept = tf.where(finite, kept, active)
         pruned = tf.logical_and(active, tf.logical_not(kept))
-        layer.mask.assign(tf.cast(kept, mask.dtype))
-        layer.kernel.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
-        optimizer_state.reset_optimizer_state(self._optimizer, layer.kernel, pruned)
+        weight.mask.assign(tf.cast(kept, mask.dtype))
+        weight.variable.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
+        optimizer_state.reset_optimizer_state(self._optimizer, weight.variable, pruned)
         return {
             "finite": finite,
             "pruned": callbacks_lib._count_true(pruned),  # pylint: disable=protected-access
@@ -284,23 +282,23 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
 
     def _prune(self, step):
         targets = {
-            l.name: float(self._schedules[l.name](step)) for l in self._pruned
+            w.key: float(self._schedules[w.key](step)) for w in self._pruned
         }
         zeros = distributions.layer_zero_counts(self._shapes, targets)
-        keep = [int(np.prod(self._shapes[l.name])) - zeros[l.name] for l in self._pruned]
+        keep = [w.size - zeros[w.key] for w in self._pruned]
         with self._strategy.scope():
             update = self._cached_for_model("update", self._build_update_function)
             results = update(tf.constant(keep, tf.int32), tf.constant(step, tf.int64))
         total_pruned = 0
-        for layer, result in zip(self._pruned, results):
-            self._zero_counts[layer.name] = int(result["zeros"])
+        for weight, result in zip(self._pruned, results):
+            self._zero_counts[weight.key] = int(result["zeros"])
             if not bool(result["finite"]):
-                self._warn_non_finite(layer, step, "pruning step")
+                self._warn_non_finite(weight, step, "pruning step")
                 continue
             total_pruned += int(result["pruned"])
         if self.verbose:
             print(
                 f"GradualPruningCallback: step {step}: {total_pruned} "
                 f"connections pruned, sparsity "
-                f"{callbacks_lib._overall_sparsity(self._zero_counts, self._layers):.4f}"  # pylint: disable=protected-access
+                f"{callbacks_lib._overall_sparsity(self._zero_counts, self._weights):.4f}"  # pylint: disable=protected-access
             )

@@ -1,0 +1,256 @@
+"""Masked weights: the unit every part of `rigl_keras` works on.
+
+A *masked weight* is one trainable variable of a layer together with a
+non-trainable float32 mask of its shape that holds exactly 0.0 or 1.0. Its
+entries outside the mask are kept at exactly 0.0 in the variable itself, so
+the layer computes with `W * M` without any change to its `call`.
+
+Masked weights come from two places:
+
+* `rigl_keras.MaskedDense` / `rigl_keras.MaskedConv2D`: the layer owns its
+  `kernel` and `mask` weights;
+* `rigl_keras.sparsify(model)`: any supported weight of any layer (see
+  `rigl_keras.sparsify`).
+
+`masked_weights(model)` finds them all, each once, in one fixed order; every
+other module (callbacks, distributions, reports, FLOPs, export) uses it.
+Each masked weight is keyed by its variable's `path` (unique even where
+layer names repeat); `resolve_keys` also accepts a layer name wherever it
+names exactly one masked weight.
+
+The fan-in/fan-out view (`MaskedWeight.fan_shape`) is what the ER and ERK
+distributions score: a shape whose product is the weight's size, whose sum
+enters the ERK score and whose last two entries are (fan-in channels,
+fan-out channels) for ER:
+
+| weight | shape | fan_shape |
+| --- | --- | --- |
+| `Dense`, `Embedding`, RNN kernels | `(n_in, n_out)` | the same (an RNN kernel covers all its gates) |
+| `Conv*D` kernel | `(*k, c_in, c_out)` | the same |
+| `Conv*DTranspose` kernel | `(*k, c_out, c_in)` | `(*k, c_in, c_out)` |
+| depthwise kernel | `(*k, c_in, multiplier)` | `(*k, 1, c_in * multiplier)`: fan-in `prod(k)` |
+| `EinsumDense` kernel | e.g. `(d, heads, head_dim)` | `(fan_in, fan_out)`: the product of the contracted axes, then of the rest (`(d, heads * head_dim)`) |
+| other weights | any | the shape itself |
+"""
+
+import math
+
+import keras
+import numpy as np
+
+__all__ = ["MaskedWeight", "masked_weights", "get_masks", "resolve_keys"]
+
+
+class MaskedWeight:
+    """One variable under a 0/1 mask.
+
+    Attributes:
+        key: The variable's `path`, unique within a model.
+        layer: The layer that owns the variable.
+        variable: The trainable `keras.Variable`.
+        mask: The non-trainable float32 `keras.Variable` of the same shape.
+        fan_shape: The fan-in/fan-out view ER and ERK score (module
+            docstring).
+    """
+
+    def __init__(self, layer, variable, mask, fan_shape=None):
+        self.layer = layer
+        self.variable = variable
+        self.mask = mask
+        self.key = variable.path
+        self.fan_shape = tuple(fan_shape or variable.shape)
+
+    @property
+    def shape(self):
+        """The weight's shape, a tuple of ints."""
+        return tuple(int(d) for d in self.variable.shape)
+
+    @property
+    def size(self):
+        """The number of entries."""
+        return math.prod(self.shape)
+
+    def apply_mask(self):
+        """Sets the entries outside the mask to exactly 0.0."""
+        self.variable.assign(
+            self.variable * keras.ops.cast(self.mask, self.variable.dtype)
+        )
+
+    def __repr__(self):
+        return f"MaskedWeight({self.key!r}, shape={self.shape})"
+
+
+def _sublayers(layer):
+    """The direct sublayers of `layer`, in the order the layer holds them."""
+    # pylint: disable-next=protected-access
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def walk_layers(model):
+    """Yields `(layer, ancestors)` depth first, each layer once.
+
+    `ancestors` is the tuple of enclosing layers, outermost first (the model
+    itself included for its sublayers).
+    """
+    seen = set()
+    stack = [(model, ())]
+    while stack:
+        layer, ancestors = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer, ancestors
+        children = _sublayers(layer)
+        stack.extend((child, ancestors + (layer,)) for child in reversed(children))
+
+
+def own_masked_weights(layer):
+    """The masked weights a single layer owns (not its sublayers')."""
+    # Imported here: layers imports this module.
+    from rigl_keras import layers as layers_lib  # pylint: disable=import-outside-toplevel
+
+    if isinstance(layer, layers_lib.MaskedLayer):
+        if not layer.built:
+            return []
+        return [MaskedWeight(layer, layer.kernel, layer.mask, layer_fan_shape(layer, layer.kernel))]
+    masks = getattr(layer, "_rigl_masks", None) or {}
+    return [
+        MaskedWeight(layer, variable, mask, layer_fan_shape(layer, variable))
+        for variable, mask in masks.values()
+    ]
+
+
+def masked_weights(model):
+    """Lists the masked weights of a model or layer, each once, in order.
+
+    Nested models and layers are searched depth first in each layer's own
+    order; a layer shared by several call sites appears once.
+
+    Args:
+        model: A `keras.Model` or `keras.layers.Layer`.
+
+    Returns:
+        A list of `MaskedWeight`.
+
+    Raises:
+        ValueError: If two masked weights share a variable path.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> _ = rigl_keras.sparsify(model)
+    >>> [w.key for w in masked_weights(model)]
+    ['sequential/dense/kernel']
+    """
+    found = []
+    keys = {}
+    for layer, _ in walk_layers(model):
+        for weight in own_masked_weights(layer):
+            if weight.key in keys:
+                raise ValueError(
+                    f"Two masked weights share the variable path {weight.key!r} "
+                    f"(layers {keys[weight.key]!r} and {layer.name!r}): give "
+                    "the layers unique names so that their weights can be told "
+                    "apart."
+                )
+            keys[weight.key] = layer.name
+            found.append(weight)
+    return found
+
+
+def get_masks(model):
+    """Each masked weight's 0/1 mask, keyed by the weight's variable path.
+
+    Args:
+        model: A model or layer with masked weights.
+
+    Returns:
+        `{variable.path: NumPy float32 array}`, in `masked_weights` order.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> _ = rigl_keras.sparsify(model)
+    >>> {k: v.shape for k, v in rigl_keras.get_masks(model).items()}
+    {'sequential/dense/kernel': (3, 2)}
+    """
+    return {
+        w.key: np.asarray(keras.ops.convert_to_numpy(w.mask), np.float32)
+        for w in masked_weights(model)
+    }
+
+
+def resolve_keys(weights, names, argument):
+    """Maps user-given names to masked-weight keys.
+
+    A name is a variable path (a key), or a layer name that names exactly
+    one masked weight.
+
+    Args:
+        weights: The model's `MaskedWeight` list.
+        names: Iterable of names.
+        argument: The argument's name, for error messages.
+
+    Returns:
+        `{name: key}` in the order of `names`.
+
+    Raises:
+        ValueError: For a name that matches no masked weight, or a layer
+            name that owns several.
+    """
+    by_key = {w.key: w for w in weights}
+    by_layer = {}
+    for w in weights:
+        by_layer.setdefault(w.layer.name, []).append(w.key)
+    resolved = {}
+    for name in names:
+        if name in by_key:
+            resolved[name] = name
+        elif len(by_layer.get(name, ())) == 1:
+            resolved[name] = by_layer[name][0]
+        elif name in by_layer:
+            raise ValueError(
+                f"`{argument}` names layer {name!r}, which has several masked "
+                f"weights {by_layer[name]}: name the weight by its path. "
+                f"Received: {argument}={name!r}"
+            )
+        else:
+            raise ValueError(
+                f"`{argument}` names {name!r}, which is neither the path of a "
+                "masked weight nor the name of a layer with one masked weight. "
+                f"Masked weights: {list(by_key)}. Received: {argument}={name!r}"
+            )
+    return resolved
+
+
+def _einsum_fan_shape(layer, shape):
+    """`(fan_in, fan_out)` of an `EinsumDense` kernel from its equation."""
+    inputs, rest = layer.equation.split(",")
+    kernel_axes = rest.split("->")[0]
+    if len(kernel_axes) != len(shape):
+        return tuple(shape)
+    fan_in = math.prod(d for axis, d in zip(kernel_axes, shape) if axis in inputs)
+    fan_out = math.prod(d for axis, d in zip(kernel_axes, shape) if axis not in inputs)
+    return (fan_in, fan_out)
+
+
+def layer_fan_shape(layer, variable):
+    """The fan-in/fan-out view of a layer's `variable` (module docstring)."""
+    shape = tuple(int(d) for d in variable.shape)
+    if isinstance(layer, keras.layers.EinsumDense):
+        return _einsum_fan_shape(layer, shape)
+    if len(shape) < 3:
+        return shape
+    depthwise = variable.name == "depthwise_kernel" or isinstance(
+        layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    )
+    if depthwise:
+        return shape[:-2] + (1, shape[-2] * shape[-1])
+    transpose = (
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3DTranspose,
+    )
+    if isinstance(layer, transpose):
+        return shape[:-2] + (shape[-1], shape[-2])
+    return shape

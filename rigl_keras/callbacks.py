@@ -264,6 +264,7 @@ class MaskCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._weights = masking.masked_weights(model)
+        self._seed_names = {w.key: masking.seed_name(w, model) for w in self._weights}
         if not self._weights:
             raise ValueError(
                 f"Model '{model.name}' has no masked weight: call "
@@ -682,7 +683,7 @@ class RigLCallback(MaskCallback):
             ]
             for w in fresh:  # An all-ones mask: draw the initial one.
                 w.mask.assign(
-                    random_mask(w.shape, targets[w.key], _layer_seed(self.seed, w.key))
+                    random_mask(w.shape, targets[w.key], _layer_seed(self.seed, self._seed_names[w.key]))
                 )
             if fresh:
                 zero_counts = start_training().numpy()
@@ -936,7 +937,7 @@ class RigLCallback(MaskCallback):
 
     def _build_update_function(self):
         sparse_weights = self._sparse_weights()
-        weight_seeds = [_layer_seed(self.seed, w.key) for w in sparse_weights]
+        weight_seeds = [_layer_seed(self.seed, self._seed_names[w.key]) for w in sparse_weights]
         ever_active = self._ever_active_variables()
         recorders = dict(self._recorders)
 
@@ -995,7 +996,10 @@ class RigLCallback(MaskCallback):
             "grown": grown,
             "newly_active": newly_active,
             "zeros": zeros,
-            "gradient_is_zero": tf.equal(tf.reduce_max(tf.abs(gradient)), 0.0),
+            # Growth needs the dense gradient where the mask is 0.
+            "gradient_is_zero": tf.equal(
+                tf.reduce_max(tf.abs(tf.where(mask > 0, 0.0, gradient))), 0.0
+            ),
         }
 
     def _on_update_step(self, step):
@@ -1025,9 +1029,10 @@ class RigLCallback(MaskCallback):
             if self.updater.uses_gradient and bool(result["gradient_is_zero"]):
                 warnings.warn(
                     f"The recorded dense gradient of weight '{w.key}' is "
-                    f"all zeros at step {step}: grown connections were picked "
-                    "by tie-break only. Does the train step reach the "
-                    "weight's layer, called with training=True?",
+                    f"zero at every inactive position at step {step}: grown "
+                    "connections were picked by tie-break only. Does the "
+                    "train step reach the weight's layer, called with "
+                    "training=True?",
                     stacklevel=2,
                 )
             grown = int(result["grown"])

@@ -411,21 +411,24 @@ class MaskedConv2D(MaskedLayer):
         )
 
     def call(self, inputs, training=None):
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            # TensorFlow's CPU convolution takes channels_last only.
+            inputs = keras.ops.transpose(inputs, (0, 2, 3, 1))
         x = keras.ops.conv(
             inputs,
             self._effective_kernel(training),
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format="channels_last",
         )
         if self.bias is not None:
-            shape = (1, 1, 1, self.filters)
-            if self.data_format == "channels_first":
-                shape = (1, self.filters, 1, 1)
-            x = keras.ops.add(x, keras.ops.reshape(self.bias, shape))
+            x = keras.ops.add(x, keras.ops.reshape(self.bias, (1, 1, 1, self.filters)))
         if self.activation is not None:
             x = self.activation(x)
+        if channels_first:
+            x = keras.ops.transpose(x, (0, 3, 1, 2))
         return x
 
     def compute_output_shape(self, input_shape):

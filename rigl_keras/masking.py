@@ -38,7 +38,13 @@ import math
 import keras
 import numpy as np
 
-__all__ = ["MaskedWeight", "masked_weights", "get_masks", "resolve_keys"]
+__all__ = [
+    "MaskedWeight",
+    "masked_weights",
+    "get_masks",
+    "resolve_keys",
+    "seed_name",
+]
 
 
 class MaskedWeight:
@@ -221,6 +227,19 @@ def resolve_keys(weights, names, argument):
                 f"Masked weights: {list(by_key)}. Received: {argument}={name!r}"
             )
     return resolved
+
+
+def seed_name(weight, model):
+    """The name a weight's random draws are keyed by: its path below `model`.
+
+    Two models built alike get the same draws from the same seed even
+    where Keras numbered their names differently (`sequential_3/fc/kernel`
+    and `sequential_4/fc/kernel` are both `fc/kernel`).
+    """
+    prefix = f"{model.name}/"
+    if weight.key.startswith(prefix):
+        return weight.key[len(prefix):]
+    return weight.key
 
 
 def _einsum_fan_shape(layer, shape):

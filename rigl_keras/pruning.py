@@ -244,7 +244,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
 
     def _build_update_function(self):
         seeds = [
-            callbacks_lib._layer_seed(_TIE_BREAK_SEED, w.key)  # pylint: disable=protected-access
+            callbacks_lib._layer_seed(_TIE_BREAK_SEED, self._seed_names[w.key])  # pylint: disable=protected-access
             for w in self._pruned
         ]
 

@@ -52,3 +52,17 @@ def compiled_mlp(optimizer, seed=0, steps_per_execution=1, name=None):
     ], name=name)
     model.compile(optimizer, "mse", steps_per_execution=steps_per_execution)
     return model
+
+
+def by_layer(mapping):
+    """Re-keys `{variable path: value}` by the owning layer's name.
+
+    For models whose masked weights each sit in a uniquely named layer
+    (`"sequential_3/fc1/kernel"` -> `"fc1"`).
+    """
+    out = {}
+    for key, value in mapping.items():
+        name = key.split("/")[-2]
+        assert name not in out, f"two masked weights in layer {name!r}"
+        out[name] = value
+    return out

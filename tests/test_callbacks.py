@@ -35,6 +35,7 @@ from rigl_keras import optimizer_state
 from rigl_keras import schedules
 
 import _helpers  # tests/_helpers.py
+from _helpers import by_layer
 
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
 _REPO_ROOT = _TESTS_DIR.parent
@@ -219,6 +220,7 @@ def test_initial_masks_mlp_hand_computed_erk():
     # ... which is floor(target * N) of the library's own distribution.
     targets = rigl_keras.sparsity_distribution(model, 0.8, method="erk")
     assert callback.target_sparsities == targets
+    targets = by_layer(targets)
     for layer in model.layers:
         n = math.prod(layer.kernel.shape)
         assert _MLP_ZEROS_08[layer.name] == math.floor(targets[layer.name] * n)
@@ -563,10 +565,11 @@ class _PoisonedRigL(rigl_keras.RigLCallback):
         self.before, self.after = {}, {}
 
     def _update_masks(self, step):
-        layer = self.model.get_layer("fc1")
-        gradient = _numpy(layer.recorder.gradient).copy()
+        (key,) = [k for k in self._recorders if k.endswith("/fc1/kernel")]
+        recorder = self._recorders[key]
+        gradient = _numpy(recorder.gradient).copy()
         gradient[3, 5] = np.nan if not self.before else np.inf
-        layer.recorder.gradient.assign(gradient)
+        recorder.gradient.assign(gradient)
         self.before[step] = (_masks(self.model), _kernels(self.model))
         super()._update_masks(step)
         self.after[step] = (_masks(self.model), _kernels(self.model))
@@ -584,7 +587,7 @@ def test_non_finite_dense_gradient_skips_only_that_layer():
                   callbacks=[rigl])
     skipped = [str(w.message) for w in record if "Skipped the mask update" in str(w.message)]
     assert len(skipped) == 1, skipped  # Warned once, not at every update.
-    assert "'fc1'" in skipped[0] and "step 5" in skipped[0]
+    assert "/fc1/kernel'" in skipped[0] and "step 5" in skipped[0]
     assert sorted(rigl.before) == [5, 10]
     for step in (5, 10):
         (masks_before, kernels_before), (masks_after, kernels_after) = (
@@ -620,7 +623,7 @@ def test_history_logs_sparsity_over_all_masked_kernels():
     )
     tracker = _MaskTracker()
     history = _fit(model, [rigl, tracker], epochs=2)
-    assert rigl.target_sparsities == {"fc1": 0.5, "fc2": 0.25, "out": 0.0}
+    assert by_layer(rigl.target_sparsities) == {"fc1": 0.5, "fc2": 0.25, "out": 0.0}
     assert _zero_counts(_masks(model)) == {"fc1": 320, "fc2": 128, "out": 0}
     # (320 + 128 + 0) zeros over 640 + 512 + 64 entries.
     assert history.history["sparsity"] == pytest.approx([448 / 1216] * 2)
@@ -655,10 +658,11 @@ def test_itop_rate_and_churn_logs_match_the_masks():
         itop = sum(int(m.sum()) for m in ever.values()) / total
         assert history.history["itop_rate"][epoch] == pytest.approx(itop)
         last = max(s for s in rigl.update_steps if s <= end)
+        keys = {k.split("/")[-2]: k for k in rigl.target_sparsities}
         for name in ("fc1", "fc2", "out"):
             before, after = tracker.snapshots[last - 1][name], tracker.snapshots[last][name]
             grown = int(np.sum((before == 0) & (after == 1)))
-            assert history.history[f"churn/{name}"][epoch] == pytest.approx(
+            assert history.history[f"churn/{keys[name]}"][epoch] == pytest.approx(
                 grown / int(np.sum(after == 1))), (epoch, name)
     assert 0.2 < history.history["itop_rate"][0] < history.history["itop_rate"][1]
 
@@ -759,7 +763,7 @@ def test_model_without_masked_layer_raises_at_fit():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(4)])
     model.compile("sgd", "mse")
-    with pytest.raises(ValueError, match="no masked layer"):
+    with pytest.raises(ValueError, match="no masked weight.*rigl_keras.sparsify"):
         _fit(model, [rigl_keras.RigLCallback(seed=0)], epochs=1)
 
 
@@ -995,22 +999,24 @@ def test_mirrored_strategy_two_replicas():
 
 def test_steps_between_updates_run_a_train_function_without_recording():
     """With steps_per_execution=1 the callback keeps two traced train
-    functions and records the dense gradient only on update steps."""
+    functions and runs the recording one only on update steps."""
     model = _mlp()
     rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=20, seed=0)
-    modes = []
+    functions = []
 
-    class _ModeSpy(keras.callbacks.Callback):
+    class _FunctionSpy(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            modes.append(rigl.layers[0].recorder.mode)
+            functions.append(self.model.train_function)
 
-    _fit(model, [rigl, _ModeSpy()], epochs=2)
-    assert set(rigl._train_functions) == {"always", "never"}
-    # Steps 1..20: recording exactly on the update steps 4, 8, 12, 16, 20.
-    recording = [step for step, mode in enumerate(modes, start=1) if mode == "always"]
-    assert recording == rigl.update_steps == [4, 8, 12, 16, 20]
-    assert model.train_function is rigl._train_functions["never"]
-    assert all(layer.recorder.mode == "never" for layer in rigl.layers)
+    _fit(model, [rigl, _FunctionSpy()], epochs=2)
+    update_function = functions[3]
+    # Steps 1..20: one function on the update steps 4, 8, 12, 16, 20, the
+    # other everywhere else (and after fit()).
+    on_update = [i for i, f in enumerate(functions, start=1) if f is update_function]
+    assert on_update == rigl.update_steps == [4, 8, 12, 16, 20]
+    others = {id(f) for f in functions if f is not update_function}
+    assert len(others) == 1
+    assert id(model.train_function) in others
 
 
 @pytest.mark.parametrize("new_optimizer", [True, False], ids=["new_optimizer", "same_optimizer"])

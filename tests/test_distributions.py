@@ -38,6 +38,11 @@ CONVNET = {
 CONVNET_TOTAL = 430500
 
 
+def _by_layer(mapping):
+    """`{"model/layer/kernel": v}` -> `{"layer": v}`."""
+    return {key.split("/")[-2]: value for key, value in mapping.items()}
+
+
 def _n(shape):
     return math.prod(shape)
 
@@ -46,10 +51,65 @@ def _nonzeros(shapes, sparsities):
     return sum((1.0 - sparsities[k]) * _n(s) for k, s in shapes.items())
 
 
-def _assert_budget(shapes, sparsities, sparsity):
-    total = sum(_n(s) for s in shapes.values())
-    expected = (1.0 - sparsity) * total
-    assert _nonzeros(shapes, sparsities) == pytest.approx(expected, rel=1e-6)
+def _assert_budget(shapes, sparsities, sparsity, dense=()):
+    """Non-zeros of the layers not in `dense` are (1 - S) of theirs."""
+    counted = {name: shape for name, shape in shapes.items() if name not in dense}
+    expected = (1.0 - sparsity) * sum(_n(s) for s in counted.values())
+    got = _nonzeros(counted, {name: sparsities[name] for name in counted})
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def _reference_erdos_renyi(shapes, sparsity, custom_dense, erk_power_scale=1.0):
+    """google-research/rigl `get_sparsities_erdos_renyi`, ported line by line.
+
+    Layers in `custom_dense` are the reference's `custom_sparsity_map`
+    entries of sparsity 0: "ignored in erdos-renyi calculations".
+    """
+    dense_layers = set()
+    while True:
+        divisor, rhs, raw = 0.0, 0.0, {}
+        for name, shape in shapes.items():
+            n_param = np.prod(shape)
+            n_zeros = n_param * sparsity
+            n_ones = n_param * (1 - sparsity)
+            if name in dense_layers:
+                rhs -= n_zeros
+            elif name in custom_dense:
+                pass
+            else:
+                rhs += n_ones
+                raw[name] = (np.sum(shape) / np.prod(shape)) ** erk_power_scale
+                divisor += raw[name] * n_param
+        eps = rhs / divisor
+        max_prob = max(raw.values())
+        if max_prob * eps > 1:
+            dense_layers.update(n for n, p in raw.items() if p == max_prob)
+        else:
+            break
+    result = {}
+    for name in shapes:
+        if name in custom_dense or name in dense_layers:
+            result[name] = 0.0
+        else:
+            result[name] = 1.0 - eps * raw[name]
+    return result
+
+
+def _resnet50_like():
+    """Conv kernels of a ResNet-50-like stack (stem, 16 bottlenecks, fc)."""
+    shapes = {"stem": (7, 7, 3, 64)}
+    width_in = 64
+    for stage, (blocks, width) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)]):
+        for block in range(blocks):
+            prefix = f"s{stage}b{block}"
+            shapes[f"{prefix}_a"] = (1, 1, width_in, width)
+            shapes[f"{prefix}_b"] = (3, 3, width, width)
+            shapes[f"{prefix}_c"] = (1, 1, width, 4 * width)
+            if block == 0:
+                shapes[f"{prefix}_proj"] = (1, 1, width_in, 4 * width)
+            width_in = 4 * width
+    shapes["fc"] = (2048, 1000)
+    return shapes
 
 
 # --------------------------------------------------------------------------
@@ -217,17 +277,30 @@ def test_tiny_sparsity_float_round_off():
 # dense_layers and erk_power_scale.
 
 
-def test_dense_layers_stay_in_budget():
-    # fc3 forced dense at S = 0.98 (it would not saturate on its own):
-    # eps = (5324 - 1000) / (1084 + 400) = 4324 / 1484 = 2.913746631
-    eps = 4324 / 1484
+def test_dense_layers_are_outside_the_budget():
+    # fc3 forced dense at S = 0.98 is outside the budget, as in the
+    # reference: eps = 0.02 * (235200 + 30000) / (1084 + 400) = 5304 / 1484.
+    eps = 5304 / 1484
     result = distribute_sparsity(
         LENET, 0.98, method="erk", dense_layers=("fc3",)
     )
     assert result["fc3"] == 0.0
     assert result["fc2"] == pytest.approx(1 - eps / 75, abs=1e-6)
     assert result["fc1"] == pytest.approx(1 - eps * 1084 / 235200, abs=1e-6)
-    _assert_budget(LENET, result, 0.98)
+    _assert_budget(LENET, result, 0.98, dense=("fc3",))
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
+def test_resnet50_like_dense_stem_matches_the_reference(sparsity):
+    shapes = _resnet50_like()
+    result = distribute_sparsity(shapes, sparsity, "erk", dense_layers=("stem",))
+    expected = _reference_erdos_renyi(shapes, sparsity, custom_dense={"stem"})
+    assert result == pytest.approx(expected, abs=1e-12)
+    # The other layers hold exactly the budget; over all weights the
+    # sparsity is below the target (the stem is dense and extra).
+    _assert_budget(shapes, result, sparsity, dense=("stem",))
+    overall = 1 - _nonzeros(shapes, result) / sum(_n(s) for s in shapes.values())
+    assert overall < sparsity
 
 
 def test_dense_layers_accepts_single_string():
@@ -298,9 +371,7 @@ def test_property_range_and_budget(shapes, sparsity, method, erk_power_scale):
 )
 def test_property_dense_layers(shapes, sparsity, method, data):
     dense = data.draw(st.lists(st.sampled_from(list(shapes)), unique=True))
-    budget = (1.0 - sparsity) * sum(_n(s) for s in shapes.values())
-    n_dense = sum(_n(shapes[name]) for name in dense)
-    achievable = sparsity == 0.0 or budget - n_dense > 0.0
+    achievable = sparsity == 0.0 or len(dense) < len(shapes)
     if not achievable:
         with pytest.raises(ValueError, match="Cannot reach sparsity"):
             distribute_sparsity(shapes, sparsity, method, dense_layers=dense)
@@ -308,7 +379,7 @@ def test_property_dense_layers(shapes, sparsity, method, data):
     result = distribute_sparsity(shapes, sparsity, method, dense_layers=dense)
     assert all(result[name] == 0.0 for name in dense)
     assert all(0.0 <= v < 1.0 for v in result.values())
-    _assert_budget(shapes, result, sparsity)
+    _assert_budget(shapes, result, sparsity, dense=dense)
 
 
 # --------------------------------------------------------------------------
@@ -434,10 +505,12 @@ def test_all_layers_dense_cannot_meet_budget(method):
         distribute_sparsity(LENET, 0.5, method, dense_layers=tuple(LENET))
 
 
-def test_dense_layers_exceeding_budget():
-    # fc1 alone holds 400000 > 0.1 * 430500 = 43050 allowed non-zeros.
-    with pytest.raises(ValueError, match="Cannot reach.*dense_layers"):
-        distribute_sparsity(CONVNET, 0.9, "erk", dense_layers=("fc1",))
+def test_large_dense_layer_does_not_eat_the_budget():
+    # fc1 holds 400000 weights, more than 0.1 * 430500 non-zeros allowed in
+    # all: outside the budget, the other layers still reach 90% together.
+    result = distribute_sparsity(CONVNET, 0.9, "erk", dense_layers=("fc1",))
+    assert result["fc1"] == 0.0
+    _assert_budget(CONVNET, result, 0.9, dense=("fc1",))
 
 
 # --------------------------------------------------------------------------
@@ -464,7 +537,8 @@ def test_model_mlp_erk(keras_and_layers):
         ]
     )
     result = sparsity_distribution(model, 0.9, method="erk")
-    assert list(result) == ["fc1", "fc2"]
+    assert list(result) == [f"{model.name}/fc1/kernel", f"{model.name}/fc2/kernel"]
+    result = _by_layer(result)
     # Only fc1, fc2 count: total = 265200, sum r N = 1084 + 400 = 1484.
     # eps = 0.1 * 265200 / 1484 = 26520 / 1484 = 17.870620
     #   fc2: 1 - eps / 75 = 0.761725; fc1: 1 - eps * 1084 / 235200.
@@ -491,19 +565,19 @@ def test_model_convnet_matches_shapes(keras_and_layers):
         ]
     )
     for method in ("uniform", "er", "erk"):
-        result = sparsity_distribution(model, 0.9, method=method)
+        result = _by_layer(sparsity_distribution(model, 0.9, method=method))
         assert result == distribute_sparsity(CONVNET, 0.9, method=method)
-    result = sparsity_distribution(
+    result = _by_layer(sparsity_distribution(
         model, 0.98, dense_layers=("conv1",), erk_power_scale=0.5
-    )
+    ))
     assert result["conv1"] == 0.0
-    _assert_budget(CONVNET, result, 0.98)
+    _assert_budget(CONVNET, result, 0.98, dense=("conv1",))
 
 
 def test_model_without_masked_layer(keras_and_layers):
     keras, _ = keras_and_layers
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="no masked layer"):
+    with pytest.raises(ValueError, match="no masked weight.*rigl_keras.sparsify"):
         sparsity_distribution(model, 0.9)
 
 

@@ -13,7 +13,6 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras.layers
-from rigl_keras.layers import DenseGradientRecorder
 from rigl_keras.layers import MaskedConv2D
 from rigl_keras.layers import MaskedDense
 from rigl_keras.layers import masked_layers
@@ -31,16 +30,28 @@ def _random_mask(layer, rng, density=0.5):
 
 
 def _plain_twin(layer, input_shape):
-    """A plain Keras layer with the same config holding `kernel * mask`."""
+    """A plain Keras layer with the same config holding `kernel * mask`.
+
+    A channels_first conv twin computes in channels_last between two
+    transposes (TensorFlow's CPU convolution takes channels_last only).
+    """
     config = layer.get_config()
     config.pop("name")
     if isinstance(layer, MaskedDense):
         twin = keras.layers.Dense(**config)
-    else:
-        twin = keras.layers.Conv2D(**config)
+        twin.build(input_shape)
+        _copy_into_twin(layer, twin)
+        return twin
+    channels_first = config["data_format"] == "channels_first"
+    config["data_format"] = "channels_last"
+    twin = keras.layers.Conv2D(**config)
+    if channels_first:
+        input_shape = (input_shape[0],) + tuple(input_shape[2:]) + (input_shape[1],)
     twin.build(input_shape)
     _copy_into_twin(layer, twin)
-    return twin
+    if not channels_first:
+        return twin
+    return lambda x: tf.transpose(twin(tf.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
 
 
 def _copy_into_twin(layer, twin):
@@ -71,7 +82,6 @@ def test_fresh_mask_is_ones_and_not_trainable(layer, x_shape):
     assert [id(w) for w in layer.trainable_weights] == [id(layer.kernel), id(layer.bias)]
     assert [id(w) for w in layer.non_trainable_weights] == [id(layer.mask)]
     assert layer.sparsity == 0.0
-    assert layer.recorder is None
 
 
 def test_sparsity_property():
@@ -81,13 +91,6 @@ def test_sparsity_property():
     mask[:, :2] = 1.0  # 8 of 20 active.
     layer.mask.assign(mask)
     assert layer.sparsity == pytest.approx(0.6)
-
-
-def test_recorder_attribute_type_checked():
-    layer = MaskedDense(2)
-    with pytest.raises(TypeError, match="recorder"):
-        layer.recorder = "not a recorder"
-    layer.recorder = None
 
 
 # ---------------------------------------------------------------------------
@@ -358,253 +361,6 @@ def test_padding_case_insensitive():
 
 
 # ---------------------------------------------------------------------------
-# Dense gradient: what the kernel receives and what the recorder stores.
-# ---------------------------------------------------------------------------
-
-
-def _recorder(layer, record_step=1, counter=0, momentum=None):
-    recorder = DenseGradientRecorder(
-        tuple(layer.kernel.shape),
-        tf.Variable(counter, dtype=tf.int64),
-        tf.Variable(record_step, dtype=tf.int64),
-        momentum=momentum,
-    )
-    layer.recorder = recorder
-    return recorder
-
-
-def _dense_model():
-    return keras.Sequential(
-        [
-            keras.Input((6,)),
-            MaskedDense(5, activation="tanh"),
-            MaskedDense(4, activation="sigmoid"),
-            MaskedDense(3),
-        ]
-    ), keras.Sequential(
-        [
-            keras.Input((6,)),
-            keras.layers.Dense(5, activation="tanh"),
-            keras.layers.Dense(4, activation="sigmoid"),
-            keras.layers.Dense(3),
-        ]
-    ), (8, 6), (8, 3)
-
-
-def _conv_model():
-    return keras.Sequential(
-        [
-            keras.Input((6, 6, 2)),
-            MaskedConv2D(4, 3, padding="same", activation="tanh"),
-            MaskedConv2D(4, 3, strides=2, groups=2),
-            keras.layers.Flatten(),
-            MaskedDense(2),
-        ]
-    ), keras.Sequential(
-        [
-            keras.Input((6, 6, 2)),
-            keras.layers.Conv2D(4, 3, padding="same", activation="tanh"),
-            keras.layers.Conv2D(4, 3, strides=2, groups=2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(2),
-        ]
-    ), (3, 6, 6, 2), (3, 2)
-
-
-def _sparsify_and_copy(masked_model, plain_model, rng):
-    plain = [l for l in plain_model.layers if l.weights]
-    masked = masked_layers(masked_model)
-    assert len(plain) == len(masked)
-    for m_layer, p_layer in zip(masked, plain):
-        m_layer.bias.assign(rng.normal(size=m_layer.bias.shape) * 0.1)
-        _random_mask(m_layer, rng)
-        _copy_into_twin(m_layer, p_layer)
-    return masked, plain
-
-
-def _loss(outputs, y):
-    return tf.reduce_mean(tf.square(outputs - y))
-
-
-@pytest.mark.parametrize("make", [_dense_model, _conv_model])
-def test_recorded_gradient_is_dense_gradient(make):
-    rng = np.random.default_rng(4)
-    masked_model, plain_model, x_shape, y_shape = make()
-    masked, plain = _sparsify_and_copy(masked_model, plain_model, rng)
-    recorders = [_recorder(layer) for layer in masked]
-    x = tf.constant(rng.normal(size=x_shape), tf.float32)
-    y = tf.constant(rng.normal(size=y_shape), tf.float32)
-
-    @tf.function
-    def masked_step():
-        with tf.GradientTape() as tape:
-            loss = _loss(masked_model(x, training=True), y)
-        return loss, tape.gradient(loss, [l.kernel for l in masked])
-
-    @tf.function
-    def plain_step():
-        with tf.GradientTape() as tape:
-            loss = _loss(plain_model(x, training=True), y)
-        return loss, tape.gradient(loss, [l.kernel for l in plain])
-
-    masked_loss, kernel_grads = masked_step()
-    plain_loss, dense_grads = plain_step()
-    np.testing.assert_allclose(masked_loss.numpy(), plain_loss.numpy(), rtol=1e-6)
-    for layer, recorder, kernel_grad, dense_grad in zip(
-        masked, recorders, kernel_grads, dense_grads
-    ):
-        dense_grad = dense_grad.numpy()
-        mask = layer.mask.numpy()
-        recorded = recorder.gradient.numpy()
-        assert recorder.gradient.dtype == tf.float32
-        # The dense gradient is non-zero at inactive entries: it is what
-        # RigL ranks them by.
-        assert np.any(dense_grad[mask == 0] != 0)
-        np.testing.assert_allclose(recorded, dense_grad, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(
-            kernel_grad.numpy(), dense_grad * mask, rtol=1e-6, atol=1e-6
-        )
-        np.testing.assert_array_equal(kernel_grad.numpy()[mask == 0], 0.0)
-
-
-def test_no_recording_off_the_record_step():
-    rng = np.random.default_rng(5)
-    masked_model, plain_model, x_shape, y_shape = _dense_model()
-    masked, _ = _sparsify_and_copy(masked_model, plain_model, rng)
-    layer = masked[1]
-    x = tf.constant(rng.normal(size=x_shape), tf.float32)
-    y = tf.constant(rng.normal(size=y_shape), tf.float32)
-    recorder = _recorder(layer, record_step=5, counter=0)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = _loss(masked_model(x, training=True), y)
-        return tape.gradient(loss, layer.kernel)
-
-    grad = step()
-    assert np.any(grad.numpy() != 0)
-    np.testing.assert_array_equal(recorder.gradient.numpy(), 0.0)
-    recorder.record_step.assign(-1)
-    step()
-    np.testing.assert_array_equal(recorder.gradient.numpy(), 0.0)
-    # Counter 4 -> step 5 is being applied: recorded, by the same trace.
-    recorder.step_counter.assign(4)
-    recorder.record_step.assign(5)
-    step()
-    assert np.any(recorder.gradient.numpy() != 0)
-    recorder.reset()
-    np.testing.assert_array_equal(recorder.gradient.numpy(), 0.0)
-
-
-def test_int32_record_step_accepted():
-    layer = MaskedDense(2)
-    layer(np.ones((1, 3), "float32"))
-    recorder = DenseGradientRecorder(
-        (3, 2), tf.Variable(0, dtype=tf.int64), tf.Variable(1)
-    )
-    assert bool(recorder.should_record())
-    recorder.record_step.assign(3)
-    assert not bool(recorder.should_record())
-
-
-def test_recording_sums_over_call_sites_of_a_shared_layer():
-    rng = np.random.default_rng(6)
-    shared = MaskedDense(4, activation="tanh")
-    inputs = keras.Input((4,))
-    outputs = shared(shared(inputs))
-    model = keras.Model(inputs, outputs)
-    _random_mask(shared, rng)
-    shared.bias.assign(rng.normal(size=4) * 0.1)
-    recorder = _recorder(shared)
-    # Reference: two distinct plain layers holding the same W * M.
-    first, second = keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(4, activation="tanh")
-    for twin in (first, second):
-        twin.build((None, 4))
-        _copy_into_twin(shared, twin)
-    x = tf.constant(rng.normal(size=(5, 4)), tf.float32)
-    y = tf.constant(rng.normal(size=(5, 4)), tf.float32)
-
-    @tf.function
-    def masked_step():
-        with tf.GradientTape() as tape:
-            loss = _loss(model(x, training=True), y)
-        return tape.gradient(loss, shared.kernel)
-
-    with tf.GradientTape() as tape:
-        loss = _loss(second(first(x)), y)
-    grad_first, grad_second = tape.gradient(loss, [first.kernel, second.kernel])
-    expected = grad_first.numpy() + grad_second.numpy()
-    kernel_grad = masked_step()
-    np.testing.assert_allclose(recorder.gradient.numpy(), expected, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(
-        kernel_grad.numpy(), expected * shared.mask.numpy(), rtol=1e-6, atol=1e-6
-    )
-    # Neither site alone gives the sum.
-    assert not np.allclose(recorder.gradient.numpy(), grad_first.numpy(), atol=1e-6)
-    assert not np.allclose(recorder.gradient.numpy(), grad_second.numpy(), atol=1e-6)
-
-
-def test_momentum_recorder_keeps_moving_average_every_step():
-    rng = np.random.default_rng(7)
-    layer = MaskedDense(3)
-    layer(np.ones((1, 4), "float32"))
-    _random_mask(layer, rng)
-    twin = _plain_twin(layer, (None, 4))
-    recorder = _recorder(layer, record_step=-1, momentum=0.75)
-
-    @tf.function
-    def masked_step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(layer(x, training=True)))
-        return tape.gradient(loss, layer.kernel)
-
-    def dense_grad(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(twin(x)))
-        return tape.gradient(loss, twin.kernel).numpy()
-
-    expected = np.zeros((4, 3), "float32")
-    for _ in range(3):
-        x = tf.constant(rng.normal(size=(2, 4)), tf.float32)
-        masked_step(x)
-        expected = 0.75 * expected + 0.25 * dense_grad(x)
-        np.testing.assert_allclose(recorder.gradient.numpy(), expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("momentum", [-0.1, 1.0, 2.0])
-def test_recorder_momentum_validated(momentum):
-    with pytest.raises(ValueError, match="momentum"):
-        DenseGradientRecorder((2, 2), tf.Variable(0, dtype=tf.int64),
-                              tf.Variable(1, dtype=tf.int64), momentum=momentum)
-
-
-def test_recorder_in_model_fit_records_first_step():
-    """Integration: step counter = optimizer.iterations, as the callback does."""
-    rng = np.random.default_rng(8)
-    masked_model, plain_model, x_shape, y_shape = _dense_model()
-    masked, plain = _sparsify_and_copy(masked_model, plain_model, rng)
-    x = rng.normal(size=x_shape).astype("float32")
-    y = rng.normal(size=y_shape).astype("float32")
-    with tf.GradientTape() as tape:
-        loss = _loss(plain_model(x), y)
-    expected = tape.gradient(loss, plain[0].kernel).numpy()
-    masked_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    masked_model.optimizer.build(masked_model.trainable_variables)
-    recorder = DenseGradientRecorder(
-        tuple(masked[0].kernel.shape),
-        masked_model.optimizer.iterations,
-        tf.Variable(1, dtype=tf.int64),
-    )
-    masked[0].recorder = recorder
-    masked_model.fit(x, y, batch_size=len(x), epochs=2, shuffle=False, verbose=0)
-    # Recorded on step 1 only (the second step's gradient differs).
-    np.testing.assert_allclose(recorder.gradient.numpy(), expected, rtol=1e-5, atol=1e-6)
-    for layer in masked:
-        np.testing.assert_array_equal(layer.kernel.numpy()[layer.mask.numpy() == 0], 0.0)
-
-
-# ---------------------------------------------------------------------------
 # masked_layers.
 # ---------------------------------------------------------------------------
 
@@ -663,7 +419,6 @@ def test_mixed_bfloat16_smoke(make, x_shape):
         assert layer.kernel.dtype == "float32"
         assert layer.mask.dtype == "float32"
         mask = _random_mask(layer, rng)
-        recorder = _recorder(layer)
 
         @tf.function
         def step():
@@ -673,9 +428,7 @@ def test_mixed_bfloat16_smoke(make, x_shape):
             return tape.gradient(loss, layer.kernel)
 
         grad = step().numpy()
-        assert recorder.gradient.dtype == tf.float32
-        recorded = recorder.gradient.numpy()
-        assert np.all(np.isfinite(recorded)) and np.any(recorded[mask == 0] != 0)
+        assert np.all(np.isfinite(grad)) and np.any(grad[mask == 1] != 0)
         np.testing.assert_array_equal(grad[mask == 0], 0.0)
         np.testing.assert_array_equal(layer.mask.numpy(), mask)
         assert set(np.unique(layer.mask.numpy())) == {0.0, 1.0}
@@ -697,18 +450,3 @@ def test_docstring_examples():
     )
     assert result.attempted > 0
     assert result.failed == 0
-
-
-def test_recording_overwrites_a_non_finite_leftover():
-    """A step skipped by a LossScaleOptimizer leaves inf; the retry replaces it."""
-    layer = MaskedDense(2)
-    x = np.ones((1, 3), "float32")
-    layer(x)
-    counter = tf.Variable(0, dtype=tf.int64)
-    recorder = DenseGradientRecorder((3, 2), counter, tf.Variable(1, dtype=tf.int64))
-    layer.recorder = recorder
-    recorder.gradient.assign(tf.fill((3, 2), float("inf")))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x, training=True))
-    tape.gradient(loss, layer.kernel.value)
-    np.testing.assert_array_equal(recorder.gradient.numpy(), np.ones((3, 2)))

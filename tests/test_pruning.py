@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras
+from _helpers import by_layer  # tests/_helpers.py
 from rigl_keras import optimizer_state
 from rigl_keras import pruning
 from rigl_keras import schedules
@@ -93,12 +94,12 @@ def test_schedule_hand_computed():
         (1000, 0.8),  # after end
     ]
     for step, expected in cases:
-        targets = callback.target_sparsities_at(step)
+        targets = by_layer(callback.target_sparsities_at(step))
         assert targets == {"a": pytest.approx(expected, abs=1e-12),
                            "b": pytest.approx(expected, abs=1e-12)}
-    assert callback.target_sparsities_at(300)["a"] == 0.8
+    assert by_layer(callback.target_sparsities_at(300))["a"] == 0.8
     # The callback's schedules are PolynomialSparsity objects with power 3.
-    schedule = callback.sparsity_schedules["a"]
+    schedule = by_layer(callback.sparsity_schedules)["a"]
     assert isinstance(schedule, schedules.PolynomialSparsity)
     assert schedule.get_config() == {
         "final_sparsity": 0.8, "begin_step": 100, "end_step": 300,
@@ -309,12 +310,12 @@ def test_fit_end_to_end_erk():
     )
     history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[callback])
     # end_step=None: 75% of 4 * 10 = 40 steps -> 30.
-    assert callback.sparsity_schedules["a"].end_step == 30
+    assert by_layer(callback.sparsity_schedules)["a"].end_step == 30
     targets = callback.target_sparsities
     expected = rigl_keras.sparsity_distribution(model, 0.8, "erk")
     assert targets == expected
     shapes = {"a": (20, 30), "b": (30, 10)}
-    assert _zeros(model) == rigl_keras.distributions.layer_zero_counts(shapes, targets)
+    assert _zeros(model) == rigl_keras.distributions.layer_zero_counts(shapes, by_layer(targets))
     assert len(history.history["sparsity"]) == 4
     assert history.history["sparsity"][-1] == pytest.approx(callback.current_sparsity())
     assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=2 / 900)
@@ -400,7 +401,7 @@ def test_model_without_masked_layers_raises():
     model.compile("sgd", "mse")
     callback = pruning.GradualPruningCallback(0.5, end_step=10)
     callback.set_model(model)
-    with pytest.raises(ValueError, match="no masked layer"):
+    with pytest.raises(ValueError, match="no masked weight.*rigl_keras.sparsify"):
         callback.on_train_begin()
 
 

@@ -9,11 +9,12 @@ environment variable overrides. A dataset that is not there raises
 `DatasetUnavailableError` with a message saying where it looked and how to
 point elsewhere.
 
-Pipeline: load (`as_supervised=True`) -> cache the decoded uint8 images ->
-shuffle (seeded) -> repeat (optional) -> augment (optional: pad 4 pixels
-with zeros, random crop back to size, random horizontal flip; stateless ops
-keyed by the seed and the example's position in the stream, so a run is
-reproducible) -> scale to [0, 1] float32 -> batch -> prefetch.
+Pipeline: load (`as_supervised=True`, without TFDS's own auto-caching) ->
+cache the decoded uint8 images (optional) -> shuffle (seeded) -> repeat
+(optional) -> augment (optional: pad 4 pixels with zeros, random crop back
+to size, random horizontal flip; stateless ops keyed by the seed and the
+example's position in the stream, so a run is reproducible) -> scale to
+[0, 1] float32 -> batch -> prefetch.
 
 Example:
 
@@ -161,6 +162,10 @@ def _load(name, split, data_dir, download):
             data_dir=data_dir,
             as_supervised=True,
             download=download,
+            # TFDS caches small datasets by itself; `load_dataset(cache=)`
+            # decides instead (a second cache, or a partly read one, only
+            # costs memory and warnings).
+            read_config=tfds.ReadConfig(try_autocache=False),
         )
     except tfds.core.registered.DatasetNotFoundError as error:
         raise DatasetError(
@@ -254,7 +259,10 @@ def load_dataset(
         repeat: Repeat forever (for `fit(..., steps_per_epoch=...)`).
         download: Let TFDS download and prepare a missing dataset.
         drop_remainder: Drop the last incomplete batch.
-        cache: Cache the decoded images in memory after the first pass.
+        cache: Cache the decoded images in memory after the first pass
+            (TFDS's own caching of small datasets is off). Leave it off for
+            a run that reads less than one pass: TensorFlow warns about a
+            cache that was not fully read.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: float32 images in

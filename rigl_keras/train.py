@@ -1,9 +1,10 @@
-"""Command line trainer: `python -m rigl_keras.train` (or `rigl-train`).
+"""Trains one sparse model on a TFDS image dataset from the command line.
 
-Trains one model on one TFDS image classification dataset with one sparse
-training method, evaluates it on the test split, prints an aligned summary
-and writes a results JSON. With no flags it trains LeNet-300-100 on MNIST at
-90% sparsity (ERK distribution) with RigL:
+`python -m rigl_keras.train` (or the console script `rigl-train`) trains one
+model on one TFDS image classification dataset with one sparse training
+method, evaluates it on the test split and prints an aligned summary. With
+no flags it trains LeNet-300-100 on MNIST at 90% sparsity (ERK distribution)
+with RigL:
 
     python -m rigl_keras.train
     python -m rigl_keras.train --dataset=cifar10 --model=wrn_22_2 \\
@@ -34,6 +35,18 @@ schedule); `constant`.
 Library use: `train(TrainConfig(...))` runs the same thing and returns the
 results dict; it never reads command line flags.
 
+Outputs: nothing is written unless asked for.
+
+* `--results_json=PATH` writes the results JSON (below) to `PATH`. Without
+  it the JSON goes to `<logdir>/results.json` when `--logdir` is given, and
+  is not written otherwise (the summary is printed either way).
+* `--logdir`, `--export_dir` and `--tflite_path` write TensorBoard logs, a
+  SavedModel and a TFLite file.
+
+None of them replaces what is already there: an existing results JSON or
+TFLite file, or a non-empty `--export_dir`, is an error unless `--overwrite`
+is given. This is checked before training starts.
+
 Results JSON: every flag value under `"flags"`; at the top level
 `test_accuracy`, `test_loss`, `sparsity` (the measured fraction of zeros
 over all kernels: mask zeros for masked layers, exact zeros for plain ones),
@@ -45,31 +58,47 @@ RigL paper's tables; `rigl_keras.flops`), `flops` (the full
 
 TensorBoard (`--logdir`): Keras' `TensorBoard` callback writes every epoch
 log, including the `sparsity` and `drop_fraction` the sparse training
-callbacks add (it runs after them), under `logdir/train`.
+callbacks add (it runs after them), under `logdir/train`. The final test
+loss and accuracy go under `logdir/test`, with the same tags as the
+training ones (`epoch_loss`, `epoch_accuracy`) at the last epoch's step, so
+TensorBoard draws them on the training curves.
+
+Errors: a bad flag (`--sparsity=1.5`, an unknown `--method`, a
+`--dense_layers` name the model does not have, an output that exists)
+prints one line, `rigl_keras.train: error: ...`, on stderr and exits with
+status 2, before this module imports TensorFlow. A `ValueError` of the
+library while setting up (a dataset that is not there, ...) is reported the
+same way. Errors during training keep their traceback.
+
+Logging: `--verbose` is Keras' progress output (0 silent, 1 progress bar, 2
+one line per epoch). TensorFlow's start-up messages are hidden: unless
+absl's `--verbosity` flag (`-v`) is given, the command line sets
+`TF_CPP_MIN_LOG_LEVEL=2` if it is not set, logs absl messages from WARNING
+up, and of the lines TensorFlow prints while this module imports it and
+probes for GPUs drops those below `TF_CPP_MIN_LOG_LEVEL` (counting the CUDA
+probing of a machine without GPU, `failed call to cuInit`, ..., as INFO)
+and repeats. `-v 0` shows them all.
 """
 
+# TensorFlow, Keras and the rest of rigl_keras are imported inside the
+# functions that use them: the command line checks its flags and answers
+# --help without loading TensorFlow.
+# pylint: disable=g-import-not-at-top
+
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
-import keras
 import numpy as np
-import tensorflow as tf
-
-from rigl_keras import callbacks as callbacks_lib
-from rigl_keras import data
-from rigl_keras import export
-from rigl_keras import flops as flops_lib
-from rigl_keras import layers as layers_lib
-from rigl_keras import models
-from rigl_keras import pruning
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -87,9 +116,19 @@ __all__ = [
     "train",
 ]
 
+_PROG = "rigl_keras.train"
+
 
 class UsageError(ValueError):
-    """A problem the user can fix by changing the configuration."""
+    """A problem the user can fix by changing the configuration.
+
+    `str(error)` words it for Python callers (`sparsity=1.5`);
+    `error.flag_message` words it for the command line (`--sparsity`).
+    """
+
+    def __init__(self, message, flag_message=None):
+        super().__init__(message)
+        self.flag_message = flag_message or message
 
 
 # ----------------------------------------------------------------------
@@ -130,16 +169,46 @@ METHODS = {
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
-# name -> (default learning rate, factory(learning_rate, momentum)).
+
+@dataclasses.dataclass(frozen=True)
+class _Optimizer:
+    keras_class: str  # A class name in `keras.optimizers`.
+    default_learning_rate: float
+    takes_momentum: bool
+
+
 OPTIMIZERS = {
-    "sgd": (0.1, lambda lr, momentum: keras.optimizers.SGD(lr, momentum=momentum)),
-    "adam": (1e-3, lambda lr, momentum: keras.optimizers.Adam(lr)),
+    "sgd": _Optimizer("SGD", 0.1, takes_momentum=True),
+    "adam": _Optimizer("Adam", 1e-3, takes_momentum=False),
 }
 
 LR_SCHEDULES = ("cosine", "step", "constant")
 
 _STEP_BOUNDARIES = (0.3, 0.6, 0.8)
 _STEP_FACTOR = 0.2
+
+
+def _kernel_layer_names(model, wrn_depth, wrn_width):
+    """Names of the layers with a kernel of a `MODELS` entry.
+
+    Pure Python (the names `rigl_keras.models` gives), so that
+    `dense_layers` is checked before TensorFlow loads; the tests compare
+    them with the built models.
+    """
+    if model == "lenet300_100":
+        return ("fc1", "fc2", "fc3")
+    if model == "lenet5":
+        return ("conv1", "conv2", "fc1", "fc2")
+    names = ["conv1"]
+    for group in (1, 2, 3):
+        for block in range(1, (wrn_depth - 4) // 6 + 1):
+            prefix = f"group{group}_block{block}"
+            names += [f"{prefix}_conv_a", f"{prefix}_conv_b"]
+            # A 1x1 convolution shortcut where the shape changes: group 1
+            # widens (unless the width is 1), groups 2 and 3 stride.
+            if block == 1 and (group > 1 or wrn_width != 1):
+                names.append(f"{prefix}_shortcut")
+    return tuple(names + ["logits"])
 
 
 # ----------------------------------------------------------------------
@@ -155,6 +224,23 @@ def _is_real(value):
         isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
         and math.isfinite(value)
+    )
+
+
+def _as_flag_value(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _bad_value(field, value, requirement, flag_requirement=None):
+    """A `UsageError` for a config field, in Python and in flag wording."""
+    return UsageError(
+        f"`{field}` must be {requirement}. Received: {field}={value!r}",
+        flag_message=(
+            f"--{field} must be {flag_requirement or requirement}; "
+            f"got {_as_flag_value(value)}"
+        ),
     )
 
 
@@ -176,7 +262,8 @@ class TrainConfig:
         sparsity: Overall sparsity in `[0, 1)` (target of the sparse
             methods; sets the size of `small_dense`; unused by `dense`).
         distribution: One of `DISTRIBUTIONS`.
-        dense_layers: Names of masked layers to keep dense.
+        dense_layers: Names of masked layers to keep dense; each must be a
+            layer of `model`.
         epochs: Number of epochs (>= 1).
         steps_per_epoch: Optional cap on the steps of an epoch (one epoch is
             otherwise `ceil(examples / batch_size)` steps).
@@ -195,10 +282,11 @@ class TrainConfig:
         seed: Integer seed of initialization, masks and data order.
         logdir: TensorBoard folder, or `None`.
         results_json: Path of the results JSON; `None` for
-            `<logdir>/results.json`, or `results.json` without a logdir.
+            `<logdir>/results.json`, or for no JSON without a logdir.
         export_dir: Folder to write a SavedModel into, or `None`.
         tflite_path: File to write a TFLite model into, or `None`.
-        overwrite: Replace an existing non-empty `export_dir`.
+        overwrite: Replace an existing results JSON, TFLite file or
+            non-empty `export_dir` (otherwise they are errors).
         verbose: Keras `fit` verbosity: 0 silent, 1 progress bar, 2 one
             line per epoch.
     """
@@ -237,6 +325,11 @@ class TrainConfig:
 
     def __post_init__(self):
         self.dense_layers = tuple(self.dense_layers or ())
+        self._check_choices()
+        self._check_numbers()
+        self._check_dense_layers()
+
+    def _check_choices(self):
         for name, allowed in (
             ("model", tuple(MODELS)),
             ("method", tuple(METHODS)),
@@ -244,82 +337,134 @@ class TrainConfig:
             ("optimizer", tuple(OPTIMIZERS)),
             ("lr_schedule", LR_SCHEDULES),
         ):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"`{name}` must be one of {allowed}. Received: {name}={value!r}"
-                )
+            if getattr(self, name) not in allowed:
+                raise _bad_value(name, getattr(self, name), f"one of {', '.join(allowed)}")
         if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError(
-                f"`dataset` must be a TFDS dataset name. Received: dataset={self.dataset!r}"
-            )
-        if not _is_real(self.sparsity) or not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(
-                "`sparsity` must be a number in [0, 1) (the fraction of "
-                f"zero weights). Received: sparsity={self.sparsity!r}"
-            )
-        for name, low in (("epochs", 1), ("batch_size", 1), ("update_freq", 1),
-                          ("wrn_width", 1)):
+            raise _bad_value("dataset", self.dataset, "a TFDS dataset name")
+        if self.verbose not in (0, 1, 2):
+            raise _bad_value("verbose", self.verbose, "0, 1 or 2")
+
+    def _check_numbers(self):
+        for name, low, high, interval in (
+            ("sparsity", 0.0, 1.0, "[0, 1)"),
+            ("momentum", 0.0, 1.0, "[0, 1)"),
+        ):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(
-                    f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
-                )
+            if not _is_real(value) or not low <= value < high:
+                raise _bad_value(name, value, f"in {interval}")
+        for name in ("drop_fraction", "end_fraction"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 < value <= 1.0:
+                raise _bad_value(name, value, "in (0, 1]")
+        for name in ("epochs", "batch_size", "update_freq", "wrn_width"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _bad_value(name, value, "an integer >= 1")
         if self.steps_per_epoch is not None and (
             not _is_int(self.steps_per_epoch) or self.steps_per_epoch < 1
         ):
-            raise ValueError(
-                "`steps_per_epoch` must be an integer >= 1 or None. "
-                f"Received: steps_per_epoch={self.steps_per_epoch!r}"
-            )
+            raise _bad_value("steps_per_epoch", self.steps_per_epoch,
+                             "an integer >= 1 or None", "an integer >= 1")
         if not _is_int(self.wrn_depth) or self.wrn_depth < 10 or (self.wrn_depth - 4) % 6:
-            raise ValueError(
-                "`wrn_depth` must be 6 * n + 4 with n >= 1 (10, 16, 22, 28, "
-                f"...). Received: wrn_depth={self.wrn_depth!r}"
-            )
-        if not _is_real(self.momentum) or not 0.0 <= self.momentum < 1.0:
-            raise ValueError(
-                f"`momentum` must be a number in [0, 1). Received: momentum={self.momentum!r}"
-            )
+            raise _bad_value("wrn_depth", self.wrn_depth,
+                             "6 * n + 4 with n >= 1 (10, 16, 22, 28, ...)")
         if self.learning_rate is not None and (
             not _is_real(self.learning_rate) or self.learning_rate <= 0
         ):
-            raise ValueError(
-                "`learning_rate` must be a positive number or None. "
-                f"Received: learning_rate={self.learning_rate!r}"
-            )
+            raise _bad_value("learning_rate", self.learning_rate,
+                             "a positive number or None", "a positive number")
         if not _is_real(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(
-                "`weight_decay` must be a number >= 0. "
-                f"Received: weight_decay={self.weight_decay!r}"
-            )
-        if not _is_real(self.drop_fraction) or not 0.0 < self.drop_fraction <= 1.0:
-            raise ValueError(
-                "`drop_fraction` must be a number in (0, 1]. "
-                f"Received: drop_fraction={self.drop_fraction!r}"
-            )
-        if not _is_real(self.end_fraction) or not 0.0 < self.end_fraction <= 1.0:
-            raise ValueError(
-                "`end_fraction` must be a number in (0, 1]. "
-                f"Received: end_fraction={self.end_fraction!r}"
-            )
+            raise _bad_value("weight_decay", self.weight_decay, "a number >= 0")
         if not _is_int(self.seed):
-            raise ValueError(f"`seed` must be an integer. Received: seed={self.seed!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
+            raise _bad_value("seed", self.seed, "an integer")
+
+    def _check_dense_layers(self):
+        names = _kernel_layer_names(self.model, self.wrn_depth, self.wrn_width)
+        if not set(self.dense_layers) <= set(names):
+            raise _bad_value(
+                "dense_layers", self.dense_layers,
+                f"names of {self.model}'s layers ({', '.join(names)})",
+            )
 
     @property
     def peak_learning_rate(self):
         """`learning_rate`, or the optimizer's default when it is None."""
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return OPTIMIZERS[self.optimizer][0]
+        return OPTIMIZERS[self.optimizer].default_learning_rate
 
     def to_dict(self):
         """The fields as JSON-ready values."""
         values = dataclasses.asdict(self)
         values["dense_layers"] = list(self.dense_layers)
         return values
+
+
+# ----------------------------------------------------------------------
+# Outputs: where they go, and refusing to replace what is there.
+
+
+def _results_path(config):
+    """The absolute path of the results JSON, or None for no JSON."""
+    if config.results_json:
+        return os.path.abspath(config.results_json)
+    if config.logdir:
+        return os.path.abspath(os.path.join(config.logdir, "results.json"))
+    return None
+
+
+def _exists_error(field, path, what):
+    return UsageError(
+        f"`{field}` would replace the existing {what} {path!r}; pass "
+        "overwrite=True to replace it, or choose another path.",
+        flag_message=(
+            f"--{field}: {path} exists; pass --overwrite to replace it, or "
+            "choose another path"
+        ),
+    )
+
+
+def _kind_error(field, path, kind):
+    return UsageError(
+        f"`{field}` must be a {kind} path, but {path!r} is not a {kind}.",
+        flag_message=f"--{field} must be a {kind} path; got {path}",
+    )
+
+
+def _check_file_output(field, path, overwrite):
+    if path is None or not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        raise _kind_error(field, path, "file")
+    if not overwrite:
+        raise _exists_error(field, path, "file")
+
+
+def _check_outputs(config):
+    """Fails if an output exists and `overwrite` is off, or has the wrong kind."""
+    results_field = "results_json" if config.results_json else "logdir"
+    _check_file_output(results_field, _results_path(config), config.overwrite)
+    _check_file_output("tflite_path", config.tflite_path, config.overwrite)
+    export_dir = config.export_dir
+    if export_dir and os.path.exists(export_dir):
+        if not os.path.isdir(export_dir):
+            raise _kind_error("export_dir", export_dir, "directory")
+        if os.listdir(export_dir) and not config.overwrite:
+            raise _exists_error("export_dir", export_dir, "non-empty directory")
+
+
+def _check_before_training(config):
+    """Everything that can fail without TensorFlow, checked up front."""
+    if config.logdir and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError(
+            "`logdir` needs the `tensorboard` package, which is not "
+            "installed: `pip install tensorboard`, or pass logdir=None.",
+            flag_message=(
+                "--logdir needs the `tensorboard` package, which is not "
+                "installed: pip install tensorboard, or drop --logdir"
+            ),
+        )
+    _check_outputs(config)
 
 
 # ----------------------------------------------------------------------
@@ -335,6 +480,8 @@ def _arch_kwargs(config, info):
 
 def _build_model(config, info):
     """The model to train, and what was solved for small_dense."""
+    from rigl_keras import models
+
     architecture = MODELS[config.model].architecture
     kwargs = _arch_kwargs(config, info)
     method = METHODS[config.method]
@@ -355,6 +502,8 @@ def _build_model(config, info):
 
 
 def _learning_rate(config, total_steps):
+    import keras
+
     peak = config.peak_learning_rate
     if config.lr_schedule == "constant":
         return peak
@@ -365,12 +514,24 @@ def _learning_rate(config, total_steps):
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
+def _optimizer(config, total_steps):
+    import keras
+
+    entry = OPTIMIZERS[config.optimizer]
+    kwargs = {"momentum": config.momentum} if entry.takes_momentum else {}
+    optimizer_class = getattr(keras.optimizers, entry.keras_class)
+    return optimizer_class(_learning_rate(config, total_steps), **kwargs)
+
+
 def _end_step(config, total_steps):
     return max(1, int(round(config.end_fraction * total_steps)))
 
 
 def _sparse_callback(config, total_steps):
     """The method's callback (or None), from the registry entry."""
+    from rigl_keras import callbacks as callbacks_lib
+    from rigl_keras import pruning
+
     method = METHODS[config.method]
     if not method.masked:
         return None
@@ -399,6 +560,9 @@ def _sparse_callback(config, total_steps):
 
 def _layer_sparsity(model):
     """`{name: sparsity}` and the overall sparsity over all kernels."""
+    import keras
+    from rigl_keras import layers as layers_lib
+
     per_layer, zeros, total = {}, 0, 0
     masked = {id(layer) for layer in layers_lib.masked_layers(model)}
     for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
@@ -417,6 +581,9 @@ def _layer_sparsity(model):
 
 
 def _flops(config, model, info, total_steps):
+    from rigl_keras import flops as flops_lib
+    from rigl_keras import models
+
     method = METHODS[config.method]
     kwargs = {}
     reference = None
@@ -440,26 +607,15 @@ def _flops(config, model, info, total_steps):
     )
 
 
-def _check_before_training(config):
-    if config.logdir and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError(
-            "--logdir (`logdir`) needs the `tensorboard` package, which is "
-            "not installed: `pip install tensorboard`, or drop --logdir."
-        )
-    if config.export_dir and not config.overwrite and os.path.isdir(
-        config.export_dir
-    ) and os.listdir(config.export_dir):
-        raise UsageError(
-            f"--export_dir {config.export_dir!r} exists and is not empty; "
-            "pass --overwrite (`overwrite=True`) to replace it or choose "
-            "another folder."
-        )
+def _write_test_summaries(logdir, step, test_loss, test_accuracy):
+    """The final test metrics under `logdir/test`, tagged like Keras' epochs."""
+    import tensorflow as tf
 
-
-def _results_path(config):
-    if config.results_json:
-        return os.path.abspath(config.results_json)
-    return os.path.abspath(os.path.join(config.logdir or ".", "results.json"))
+    writer = tf.summary.create_file_writer(os.path.join(logdir, "test"))
+    with writer.as_default():
+        tf.summary.scalar("epoch_loss", test_loss, step=step)
+        tf.summary.scalar("epoch_accuracy", test_accuracy, step=step)
+    writer.close()
 
 
 def _number(value):
@@ -483,37 +639,35 @@ def _to_json(value):
 
 
 # ----------------------------------------------------------------------
-# Training.
+# Training: set up (data, model, callbacks), then fit and report.
 
 
-def train(config):
-    """Trains and evaluates one model as `config` says.
+@dataclasses.dataclass
+class _Setup:
+    """What `_prepare` built for `_fit_and_report`."""
 
-    Args:
-        config: A `TrainConfig`.
+    config: TrainConfig
+    start: float  # time.perf_counter() when set-up began.
+    info: object  # rigl_keras.data.DatasetInfo
+    num_train: int
+    steps_per_epoch: int
+    total_steps: int
+    train_ds: object
+    eval_ds: object
+    model: object
+    callbacks: list
+    extra: dict
 
-    Returns:
-        The results dict that is also written to the results JSON (see the
-        module docstring for its keys).
 
-    Raises:
-        rigl_keras.data.DatasetUnavailableError: If the dataset is not in
-            the data folder (and not downloaded).
-        rigl_keras.data.DatasetError: For an unknown dataset or split.
-        UsageError: For a configuration that cannot run here (`--logdir`
-            without TensorBoard installed, an existing `export_dir`, ...).
+def _prepare(config):
+    """Checks the config, loads the data, builds and compiles the model.
 
-    Example:
-
-    ```python
-    results = train(TrainConfig(epochs=1, steps_per_epoch=50, verbose=0))
-    print(results["test_accuracy"], results["sparsity"])
-    ```
+    Everything that can fail because of the configuration fails here,
+    before training starts.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(
-            f"`config` must be a TrainConfig. Received: config={config!r}"
-        )
+    import keras
+    from rigl_keras import data
+
     start = time.perf_counter()
     _check_before_training(config)
     keras.utils.set_random_seed(config.seed)
@@ -531,91 +685,157 @@ def train(config):
         data_dir=config.data_dir, augment=config.augment, shuffle=True,
         seed=config.seed, repeat=True, download=config.download,
         drop_remainder=True,
+        # A cache is complete only once a whole pass went through it; a
+        # shorter run would leave it partial (and TensorFlow warns).
+        cache=total_steps * config.batch_size >= num_train,
     )
     eval_ds = data.load_dataset(
         config.dataset, config.eval_split, config.batch_size,
         data_dir=config.data_dir, shuffle=False, download=config.download,
+        cache=False,  # Read once.
     )
 
     model, extra = _build_model(config, info)
-    optimizer = OPTIMIZERS[config.optimizer][1](
-        _learning_rate(config, total_steps), config.momentum
-    )
     model.compile(
-        optimizer=optimizer,
+        optimizer=_optimizer(config, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    fit_callbacks = []
+    callbacks = []
     sparse_callback = _sparse_callback(config, total_steps)
     if sparse_callback is not None:
-        fit_callbacks.append(sparse_callback)
+        callbacks.append(sparse_callback)
     if config.logdir:
         # After the sparse training callback, so that the epoch logs it
         # writes (sparsity, drop_fraction, ...) reach TensorBoard.
-        fit_callbacks.append(keras.callbacks.TensorBoard(config.logdir))
+        callbacks.append(keras.callbacks.TensorBoard(config.logdir))
+    return _Setup(config, start, info, num_train, steps_per_epoch, total_steps,
+                  train_ds, eval_ds, model, callbacks, extra)
 
+
+def _fit_and_report(setup):
+    """Trains, evaluates, exports and writes the results JSON."""
+    config = setup.config
     train_start = time.perf_counter()
-    history = model.fit(
-        train_ds,
+    history = setup.model.fit(
+        setup.train_ds,
         epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=fit_callbacks,
+        steps_per_epoch=setup.steps_per_epoch,
+        callbacks=setup.callbacks,
         verbose=config.verbose,
         shuffle=False,  # The dataset is shuffled; Keras cannot shuffle it.
     )
     train_seconds = time.perf_counter() - train_start
-    test_loss, test_accuracy = model.evaluate(eval_ds, verbose=0)
-    wall_seconds = time.perf_counter() - start
+    test_loss, test_accuracy = setup.model.evaluate(setup.eval_ds, verbose=0)
+    times = {"wall_seconds": time.perf_counter() - setup.start,
+             "train_seconds": train_seconds}
+    if config.logdir:
+        _write_test_summaries(config.logdir, config.epochs - 1, test_loss, test_accuracy)
+    results = _results(setup, history.history, test_loss, test_accuracy)
+    results.update(times)
+    results.update(_export(setup.model, config))
+    results = _to_json(results)
+    if results["results_json"]:
+        _write_json(results, results["results_json"])
+    return results
 
+
+def _results(setup, history, test_loss, test_accuracy):
+    """The results dict (without times and exports) of a finished run."""
+    import keras
+    import tensorflow as tf
+    from rigl_keras import models
+
+    config, model, info = setup.config, setup.model, setup.info
     layer_sparsity, sparsity = _layer_sparsity(model)
-    flops = _flops(config, model, info, total_steps)
-    results_path = _results_path(config)
-    results = {
+    flops = _flops(config, model, info, setup.total_steps)
+    return {
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "sparsity": float(sparsity),
         "layer_sparsity": layer_sparsity,
         "train_flops": float(flops["train_flops"]),
         "inference_flops": float(flops["inference_flops"]),
-        "wall_seconds": wall_seconds,
-        "train_seconds": train_seconds,
         "flops": flops,
-        "steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "end_step": _end_step(config, total_steps) if METHODS[config.method].masked else None,
+        "steps": setup.total_steps,
+        "steps_per_epoch": setup.steps_per_epoch,
+        "end_step": (_end_step(config, setup.total_steps)
+                     if METHODS[config.method].masked else None),
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "kernel_params": models.kernel_param_count(model),
         "dataset": {
             "name": info.name,
             "input_shape": list(info.input_shape),
             "num_classes": info.num_classes,
-            "train_examples": num_train,
+            "train_examples": setup.num_train,
         },
-        "history": {k: [_number(v) for v in vs] for k, vs in history.history.items()},
+        "history": {k: [_number(v) for v in vs] for k, vs in history.items()},
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "python": sys.version.split()[0],
         },
-        "results_json": results_path,
+        "results_json": _results_path(config),
         "flags": config.to_dict(),
-        **extra,
+        **setup.extra,
     }
+
+
+def _export(model, config):
+    """Writes the SavedModel and TFLite exports asked for; their paths."""
+    from rigl_keras import export
+
+    paths = {}
     if config.export_dir:
-        results["export_dir"] = export.export_saved_model(
+        paths["export_dir"] = export.export_saved_model(
             model, config.export_dir, overwrite=config.overwrite
         )
     if config.tflite_path:
-        results["tflite_path"] = export.export_tflite(
-            model, config.tflite_path, sparse=True
-        )
-    results = _to_json(results)
-    os.makedirs(os.path.dirname(results_path), exist_ok=True)
-    with open(results_path, "w", encoding="utf-8") as f:
+        paths["tflite_path"] = export.export_tflite(model, config.tflite_path, sparse=True)
+    return paths
+
+
+def _write_json(results, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
-    return results
+
+
+def train(config):
+    """Trains and evaluates one model as `config` says.
+
+    Args:
+        config: A `TrainConfig`.
+
+    Returns:
+        The results dict, also written to the results JSON if `config`
+        names one (see the module docstring for its keys and location).
+
+    Raises:
+        rigl_keras.data.DatasetUnavailableError: If the dataset is not in
+            the data folder (and not downloaded).
+        rigl_keras.data.DatasetError: For an unknown dataset or split.
+        UsageError: For a configuration that cannot run here (`logdir`
+            without TensorBoard installed, an output that exists and
+            `overwrite=False`, ...).
+
+    Example:
+
+    ```python
+    results = train(TrainConfig(epochs=1, steps_per_epoch=50, verbose=0))
+    print(results["test_accuracy"], results["sparsity"])
+    ```
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(
+            f"`config` must be a TrainConfig. Received: config={config!r}"
+        )
+    return _fit_and_report(_prepare(config))
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def format_summary(results):
@@ -637,7 +857,7 @@ def format_summary(results):
         what = f"{method}, {cfg['distribution']} at sparsity {cfg['sparsity']:g}"
     rows = [
         ("run", f"{cfg['model']} on {cfg['dataset']}, {what}"),
-        ("steps", f"{results['steps']} ({cfg['epochs']} epochs x "
+        ("steps", f"{results['steps']} ({_plural(cfg['epochs'], 'epoch')} x "
                   f"{results['steps_per_epoch']}, batch {cfg['batch_size']})"),
         ("test accuracy", f"{results['test_accuracy']:.4f}"),
         ("test loss", f"{results['test_loss']:.4f}"),
@@ -652,8 +872,9 @@ def format_summary(results):
         ("inference FLOPs", f"{results['inference_flops']:.4f} x dense"),
         ("wall time", f"{results['wall_seconds']:.1f} s "
                       f"(training {results['train_seconds']:.1f} s)"),
-        ("results JSON", results["results_json"]),
     ]
+    if results.get("results_json"):
+        rows.append(("results JSON", results["results_json"]))
     if results.get("export_dir"):
         rows.append(("SavedModel", results["export_dir"]))
     if results.get("tflite_path"):
@@ -667,14 +888,110 @@ def format_summary(results):
 
 
 # ----------------------------------------------------------------------
+# TensorFlow's start-up logs.
+
+# A C++ log line of TensorFlow (absl's format, or TensorFlow's older one).
+_CPP_LOG_LINE = re.compile(
+    r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) )[^\]]*\] (.*)$"
+)
+_SEVERITIES = "IWEF"
+# Start-up lines that only say that this machine has no usable GPU, absl's
+# banner before its logging is set up and the tail of a CPU feature note:
+# counted as INFO, whatever their severity.
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "Unable to register cu",
+    "To enable the following instructions",
+)
+
+
+def _startup_line_key(line, min_level):
+    """A key that is the same for repeats of `line`, or None to drop it."""
+    match = _CPP_LOG_LINE.match(line)
+    if match:
+        severity = _SEVERITIES.index(match.group(1) or match.group(2))
+        message = match.group(3)
+    else:
+        severity, message = None, line
+    if any(noise in line for noise in _STARTUP_NOISE):
+        severity = 0
+    if severity is not None and severity < min_level:
+        return None
+    return message
+
+
+@contextlib.contextmanager
+def _filtered_stderr(min_level):
+    """Captures file descriptor 2 meanwhile; then replays the lines kept.
+
+    A line is kept unless it is a TensorFlow C++ log line (or start-up
+    noise, counted as INFO) below `min_level`; a repeated line is kept
+    once. Works at the file descriptor level, where TensorFlow's C++ code
+    writes.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # No usable stderr: nothing to filter.
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            seen = set()
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                key = _startup_line_key(line, min_level)
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    print(line, file=sys.stderr)
+            sys.stderr.flush()
+
+
+def _load_tensorflow(verbose):
+    """Imports TensorFlow and rigl_keras; quietly unless `verbose`.
+
+    Args:
+        verbose: Leave TensorFlow's and absl's logging as they are.
+    """
+    if verbose:
+        _import_libraries()
+        return
+    logging.set_verbosity(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        min_level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    except ValueError:
+        min_level = 0
+    with _filtered_stderr(min_level):
+        _import_libraries()
+
+
+def _import_libraries():
+    import tensorflow as tf
+    import tensorflow_datasets  # pylint: disable=unused-import
+    import rigl_keras  # pylint: disable=unused-import
+
+    tf.config.list_physical_devices()  # TensorFlow probes for GPUs here.
+
+
+# ----------------------------------------------------------------------
 # Command line.
 
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines the trainer's flags in `flag_values` (once).
 
-    Defaults come from `TrainConfig`. Called by `run`; not at import, so
-    importing this module has no side effect.
+    Defaults come from `TrainConfig`, which also checks the values. Called
+    by `run`; not at import, so importing this module has no side effect.
 
     Args:
         flag_values: An `absl.flags.FlagValues`.
@@ -693,21 +1010,20 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("eval_split", d.eval_split, "TFDS split to evaluate on.", **fv)
     flags.DEFINE_enum("model", d.model, list(MODELS), "Model to train.", **fv)
     flags.DEFINE_integer("wrn_depth", d.wrn_depth, "Depth of wrn_22_2 (6n + 4).", **fv)
-    flags.DEFINE_integer("wrn_width", d.wrn_width, "Widening factor of wrn_22_2.",
-                         lower_bound=1, **fv)
+    flags.DEFINE_integer("wrn_width", d.wrn_width, "Widening factor of wrn_22_2 (>= 1).", **fv)
     flags.DEFINE_enum("method", d.method, list(METHODS), "Training method.", **fv)
     flags.DEFINE_float("sparsity", d.sparsity, "Overall sparsity in [0, 1).", **fv)
     flags.DEFINE_enum("distribution", d.distribution, list(DISTRIBUTIONS),
                       "How the sparsity is spread over layers.", **fv)
     flags.DEFINE_list("dense_layers", list(d.dense_layers),
-                      "Comma-separated names of masked layers to keep dense.", **fv)
-    flags.DEFINE_integer("epochs", d.epochs, "Number of epochs.", lower_bound=1, **fv)
+                      "Comma-separated names of the model's layers to keep dense.", **fv)
+    flags.DEFINE_integer("epochs", d.epochs, "Number of epochs (>= 1).", **fv)
     flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch,
-                         "Optional cap on the steps of an epoch.", lower_bound=1, **fv)
-    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", lower_bound=1, **fv)
+                         "Optional cap on the steps of an epoch (>= 1).", **fv)
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size (>= 1).", **fv)
     flags.DEFINE_enum("optimizer", d.optimizer, list(OPTIMIZERS),
                       "sgd (with --momentum) or adam.", **fv)
-    flags.DEFINE_float("momentum", d.momentum, "SGD momentum.", **fv)
+    flags.DEFINE_float("momentum", d.momentum, "SGD momentum in [0, 1).", **fv)
     flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate "
                        "(default: 0.1 for sgd, 0.001 for adam).", **fv)
     flags.DEFINE_enum("lr_schedule", d.lr_schedule, list(LR_SCHEDULES),
@@ -715,34 +1031,22 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_float("weight_decay", d.weight_decay,
                        "Weight decay, as L2(weight_decay / 2) on kernels.", **fv)
     flags.DEFINE_integer("update_freq", d.update_freq,
-                         "Steps between mask updates (or pruning steps).",
-                         lower_bound=1, **fv)
+                         "Steps between mask updates (or pruning steps).", **fv)
     flags.DEFINE_float("drop_fraction", d.drop_fraction,
-                       "Initial drop fraction (cosine-annealed).", **fv)
+                       "Initial drop fraction (cosine-annealed), in (0, 1].", **fv)
     flags.DEFINE_float("end_fraction", d.end_fraction,
-                       "Mask updates stop at this fraction of training.", **fv)
+                       "Mask updates stop at this fraction of training, in (0, 1].", **fv)
     flags.DEFINE_bool("augment", d.augment, "Random crop (pad 4) and flip.", **fv)
     flags.DEFINE_integer("seed", d.seed, "Random seed.", **fv)
     flags.DEFINE_string("logdir", d.logdir, "TensorBoard log folder.", **fv)
     flags.DEFINE_string("results_json", d.results_json, "Results JSON path "
-                        "(default: <logdir>/results.json, or ./results.json).", **fv)
+                        "(default: <logdir>/results.json, or none without --logdir).", **fv)
     flags.DEFINE_string("export_dir", d.export_dir, "Write a SavedModel here.", **fv)
     flags.DEFINE_string("tflite_path", d.tflite_path, "Write a TFLite model here.", **fv)
-    flags.DEFINE_bool("overwrite", d.overwrite, "Replace a non-empty --export_dir.", **fv)
-    flags.DEFINE_integer("verbose", d.verbose,
-                         "Keras fit verbosity: 0, 1 (progress bar) or 2.", **fv)
-    flags.register_validator(
-        "sparsity", lambda v: v is not None and 0.0 <= v < 1.0,
-        message="--sparsity must be in [0, 1), e.g. --sparsity=0.9.", flag_values=flag_values,
-    )
-    flags.register_validator(
-        "drop_fraction", lambda v: v is not None and 0.0 < v <= 1.0,
-        message="--drop_fraction must be in (0, 1].", flag_values=flag_values,
-    )
-    flags.register_validator(
-        "end_fraction", lambda v: v is not None and 0.0 < v <= 1.0,
-        message="--end_fraction must be in (0, 1].", flag_values=flag_values,
-    )
+    flags.DEFINE_bool("overwrite", d.overwrite, "Replace an existing results JSON, "
+                      "TFLite file or non-empty --export_dir.", **fv)
+    flags.DEFINE_integer("verbose", d.verbose, "Keras fit verbosity: 0, 1 (progress "
+                         "bar) or 2 (one line per epoch).", **fv)
 
 
 def _flag_names():
@@ -750,36 +1054,99 @@ def _flag_names():
 
 
 def config_from_flags(flag_values=flags.FLAGS):
-    """A `TrainConfig` from parsed flags (one flag per field)."""
+    """A `TrainConfig` from parsed flags (one flag per field).
+
+    Raises:
+        UsageError: For a bad value (`flag_message` names the flag).
+    """
     return TrainConfig(**{name: flag_values[name].value for name in _flag_names()})
 
 
-def main(argv):
-    """absl entry point: trains, prints the summary, exits 1 on user errors."""
+def _usage_exit(message):
+    """Prints `message` as one line on stderr and exits with status 2."""
+    print(f"{_PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+_HELP_ARGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
+
+
+def _help_text(flag_values):
+    """The first paragraph of the module docstring, usage and the flags."""
+    description = __doc__.split("\n\n", 1)[0].strip()
+    module = flag_values.find_module_defining_flag("method")
+    flag_lines = flag_values.module_help(module).strip().splitlines()[1:]  # No module line.
+    return "\n".join([
+        description,
+        "",
+        "usage: rigl-train [flags]  (or: python -m rigl_keras.train [flags])",
+        "",
+        "flags:",
+        *flag_lines,
+        "",
+        "absl's --verbosity (-v 0) shows TensorFlow's start-up logs.",
+        "Outputs, results JSON, TensorBoard: python -m pydoc rigl_keras.train",
+    ])
+
+
+def _parse_flags(argv):
+    """Parses `argv` into `flags.FLAGS`; --help exits 0, a bad flag exits 2.
+
+    Not `absl.app.run`: its start-up initializes TensorFlow's devices when
+    TensorFlow is loaded, and its --help exits with status 1.
+
+    Returns:
+        The arguments that are not flags, program name first.
+    """
+    arguments = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(arg in _HELP_ARGS for arg in arguments):
+        print(_help_text(flags.FLAGS))
+        sys.exit(0)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _usage_exit(error)
+
+
+def main(argv, flag_values=flags.FLAGS):
+    """Trains as the parsed flags say and prints the summary.
+
+    Bad flags, outputs that exist and library `ValueError`s while setting up
+    exit with status 2 and one line on stderr, before training starts (the
+    flag checks before TensorFlow is imported); errors while training
+    propagate.
+
+    Args:
+        argv: The arguments left after flag parsing (only the program name).
+        flag_values: The parsed `absl.flags.FlagValues`.
+    """
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        # Keep TFDS's and TensorFlow's INFO lines out of the progress bars.
-        logging.set_verbosity(logging.WARNING)
+        _usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config = config_from_flags(flags.FLAGS)
+        config = config_from_flags(flag_values)
+        _check_before_training(config)
+    except UsageError as error:
+        _usage_exit(error.flag_message)
+    _load_tensorflow(verbose="verbosity" in flag_values and flag_values["verbosity"].present)
+    try:
+        setup = _prepare(config)
+    except UsageError as error:
+        _usage_exit(error.flag_message)
     except ValueError as error:
-        sys.exit(f"rigl_keras.train: error: {error}")
-    try:
-        results = train(config)
-    except (data.DatasetError, UsageError) as error:
-        sys.exit(f"rigl_keras.train: error: {error}")
-    print(format_summary(results))
+        _usage_exit(error)
+    print(format_summary(_fit_and_report(setup)))
 
 
-def run():
-    """Console script `rigl-train`: defines the flags and runs `main`."""
+def run(argv=None):
+    """Console script `rigl-train` and `python -m rigl_keras.train`.
+
+    Args:
+        argv: The command line, program name first; `None` for `sys.argv`.
+    """
     define_flags(flags.FLAGS)
-    # `--help` lists the main module's key flags; under the console script
-    # the main module is the `rigl-train` wrapper, not this one.
-    for name in _flag_names():
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main)
+    remaining = _parse_flags(list(sys.argv if argv is None else argv))
+    logging.use_absl_handler()
+    main(remaining)
 
 
 if __name__ == "__main__":

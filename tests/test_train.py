@@ -1,10 +1,10 @@
 """Tests of the training CLI (rigl_keras.train) and its input pipeline.
 
-Most tests call `train(TrainConfig(...))` in-process on TFDS mock data
-(`tfds.testing.mock_data`: random images with the real features); one runs
-`python -m rigl_keras.train` as a subprocess, and one trains on the real
-MNIST from `TFDS_DATA_DIR` (default `<repo>/../shared/tfds`), which must be
-there when the `CI` environment variable is set.
+The tests call `train(TrainConfig(...))` or `main` in-process on TFDS mock
+data (`tfds.testing.mock_data`: random images with the real features); one
+trains on the real MNIST from `TFDS_DATA_DIR` (default
+`<repo>/../shared/tfds`), which must be there when the `CI` environment
+variable is set. tests/test_cli.py runs the command line in subprocesses.
 """
 
 import dataclasses
@@ -14,16 +14,17 @@ import json
 import math
 import os
 import pathlib
-import subprocess
-import sys
+import re
 
 from absl import flags
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rigl_keras import data
+from rigl_keras import models
 from rigl_keras import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -54,14 +55,6 @@ def _require_tensorboard():
         if os.environ.get("CI"):
             pytest.fail(message + ": it must be installed for --logdir")
         pytest.skip(message)
-
-
-def _subprocess_env():
-    return dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
 
 
 def _run_mock(tmp_path, num_examples=100, **kwargs):
@@ -157,7 +150,8 @@ def test_results_json_holds_every_flag_and_the_top_level_metrics(tmp_path):
 
 def test_same_seed_same_run(tmp_path):
     first = _run_mock(tmp_path, method="rigl", update_freq=2, seed=3)
-    second = _run_mock(tmp_path, method="rigl", update_freq=2, seed=3)
+    second = _run_mock(tmp_path, method="rigl", update_freq=2, seed=3,
+                       results_json=str(tmp_path / "second.json"))
     assert first["history"]["loss"] == second["history"]["loss"]
     assert first["test_loss"] == second["test_loss"]
 
@@ -199,14 +193,15 @@ def test_learning_rate_schedules():
 # TensorBoard and exports.
 
 
-def _scalars(logdir):
+def _scalars(logdir, run="train"):
+    """`{tag: [(step, value), ...]}` of the scalars under `logdir/run`."""
     found = {}
-    for path in glob.glob(os.path.join(logdir, "train", "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(logdir, run, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "scalars":
                     found.setdefault(value.tag, []).append(
-                        float(tf.make_ndarray(value.tensor)))
+                        (event.step, float(tf.make_ndarray(value.tensor))))
     return found
 
 
@@ -215,13 +210,19 @@ def test_tensorboard_has_loss_sparsity_and_drop_fraction(tmp_path):
     logdir = str(tmp_path / "tb")
     results = _run_mock(tmp_path, method="rigl", logdir=logdir, epochs=2,
                         steps_per_epoch=3, update_freq=2, results_json=None)
-    scalars = _scalars(logdir)
+    scalars = {tag: [v for _, v in values] for tag, values in _scalars(logdir).items()}
     for tag in ("epoch_loss", "epoch_accuracy", "epoch_sparsity",
                 "epoch_drop_fraction", "epoch_learning_rate"):
         assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))
     assert scalars["epoch_sparsity"] == pytest.approx([0.9, 0.9], abs=1e-4)
     assert scalars["epoch_drop_fraction"] == pytest.approx(
         results["history"]["drop_fraction"])
+    # The final test metrics, with the training tags, at the last epoch.
+    test = _scalars(logdir, "test")
+    assert test == {
+        "epoch_loss": [(1, pytest.approx(results["test_loss"], rel=1e-6))],
+        "epoch_accuracy": [(1, pytest.approx(results["test_accuracy"], rel=1e-6))],
+    }
     # Without --results_json the JSON goes next to the TensorBoard logs.
     assert results["results_json"] == os.path.join(os.path.abspath(logdir), "results.json")
     assert os.path.exists(results["results_json"])
@@ -247,9 +248,72 @@ def test_export_saved_model_and_tflite(tmp_path):
     assert results["export_dir"] == str(export_dir)
     loaded = tf.saved_model.load(str(export_dir))
     assert "serving_default" in loaded.signatures
-    config = train_lib.TrainConfig(export_dir=str(export_dir), **TINY)
-    with pytest.raises(train_lib.UsageError, match="--overwrite"):
+
+
+def _output_kwargs(tmp_path, which):
+    """TrainConfig kwargs whose output `which` exists already."""
+    if which == "results_json":
+        (tmp_path / "r.json").write_text("{}")
+        return {"results_json": str(tmp_path / "r.json")}
+    if which == "logdir":  # Its default results JSON.
+        (tmp_path / "tb").mkdir()
+        (tmp_path / "tb" / "results.json").write_text("{}")
+        return {"logdir": str(tmp_path / "tb")}
+    if which == "tflite_path":
+        (tmp_path / "m.tflite").write_bytes(b"old")
+        return {"tflite_path": str(tmp_path / "m.tflite")}
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"old")
+    return {"export_dir": str(tmp_path / "saved")}
+
+
+@pytest.mark.parametrize("which", ["results_json", "logdir", "tflite_path", "export_dir"])
+def test_existing_outputs_are_refused_before_training(tmp_path, which):
+    kwargs = _output_kwargs(tmp_path, which)
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    # No dataset there: the output is checked before anything loads.
+    config = train_lib.TrainConfig(data_dir=str(empty), **TINY, **kwargs)
+    with pytest.raises(train_lib.UsageError, match="overwrite=True") as info:
         train_lib.train(config)
+    assert str(info.value).startswith(f"`{which}` would replace the existing")
+    assert info.value.flag_message.startswith(f"--{which}: ")
+    assert "pass --overwrite to replace it" in info.value.flag_message
+    with pytest.raises(data.DatasetUnavailableError):
+        train_lib.train(dataclasses.replace(config, overwrite=True))
+
+
+def test_overwrite_replaces_every_output(tmp_path):
+    kwargs = {}
+    for which in ("results_json", "tflite_path", "export_dir"):
+        kwargs.update(_output_kwargs(tmp_path, which))
+    results = _run_mock(tmp_path, overwrite=True, **kwargs)
+    assert json.loads((tmp_path / "r.json").read_text()) == results
+    assert (tmp_path / "m.tflite").read_bytes() != b"old"
+    assert (tmp_path / "saved" / "saved_model.pb").read_bytes() != b"old"
+
+
+def test_results_json_is_written_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = _run_mock(tmp_path, results_json=None)
+    assert results["results_json"] is None
+    assert os.listdir(tmp_path) == []
+    assert "results JSON" not in train_lib.format_summary(results)
+
+
+def test_summary_counts_epochs_in_words():
+    results = {
+        "flags": dict(train_lib.TrainConfig(epochs=1).to_dict(), batch_size=16),
+        "steps": 5, "steps_per_epoch": 5, "test_accuracy": 0.5, "test_loss": 1.0,
+        "sparsity": 0.9, "layer_sparsity": {"fc1": 0.9}, "train_flops": 0.1,
+        "inference_flops": 0.1, "wall_seconds": 2.0, "train_seconds": 1.0,
+        "results_json": None,
+    }
+    assert re.search(r"^steps +5 \(1 epoch x 5, batch 16\)$",
+                     train_lib.format_summary(results), re.M)
+    results["flags"]["epochs"], results["steps"] = 2, 10
+    assert re.search(r"^steps +10 \(2 epochs x 5, batch 16\)$",
+                     train_lib.format_summary(results), re.M)
 
 
 # ----------------------------------------------------------------------
@@ -278,35 +342,61 @@ def test_flags_map_to_config():
 
 
 @pytest.mark.parametrize(
-    "flag, message",
+    "args, message",
     [
-        ("--method=sparse_magic", "value should be one of <dense|small_dense|"),
-        ("--model=resnet50", "value should be one of <lenet300_100|lenet5|wrn_22_2>"),
-        ("--distribution=random", "value should be one of <uniform|er|erk>"),
-        ("--sparsity=1.5", r"--sparsity must be in \[0, 1\)"),
-        ("--sparsity=-0.1", r"--sparsity must be in \[0, 1\)"),
-        ("--end_fraction=0", r"--end_fraction must be in \(0, 1\]"),
-        ("--epochs=0", "epochs"),
+        (["--method=sparse_magic"], "flag --method=sparse_magic: value should be one of <dense|small_dense|"),
+        (["--model=resnet50"],
+         "flag --model=resnet50: value should be one of <lenet300_100|lenet5|wrn_22_2>"),
+        (["--distribution=random"], "flag --distribution=random: value should be one of <uniform|er|erk>"),
+        (["--sparsity=abc"], "flag --sparsity=abc: could not convert string to float"),
+        (["--sparsity=1.5"], "--sparsity must be in [0, 1); got 1.5"),
+        (["--sparsity=-0.1"], "--sparsity must be in [0, 1); got -0.1"),
+        (["--end_fraction=0"], "--end_fraction must be in (0, 1]; got 0.0"),
+        (["--epochs=0"], "--epochs must be an integer >= 1; got 0"),
+        (["--steps_per_epoch=0"], "--steps_per_epoch must be an integer >= 1; got 0"),
+        (["--wrn_depth=20"], "--wrn_depth must be 6 * n + 4 with n >= 1 (10, 16, 22, 28, ...); got 20"),
+        (["--dense_layers=fc1,nosuch"],
+         "--dense_layers must be names of lenet300_100's layers (fc1, fc2, fc3); got fc1,nosuch"),
+        (["--model=lenet5", "--dense_layers=fc3"],
+         "--dense_layers must be names of lenet5's layers (conv1, conv2, fc1, fc2); got fc3"),
     ],
 )
-def test_bad_flags_are_rejected_clearly(flag, message):
-    with pytest.raises(flags.IllegalFlagValueError, match=message):
-        _parse(flag)
+def test_bad_flags_are_rejected_in_flag_words(args, message):
+    with pytest.raises((flags.Error, train_lib.UsageError)) as info:
+        _parse(*args)
+    error = info.value
+    got = error.flag_message if isinstance(error, train_lib.UsageError) else str(error)
+    assert got.startswith(message), got
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"sparsity": 1.0}, r"`sparsity` must be a number in \[0, 1\).*Received: sparsity=1.0"),
-        ({"method": "magic"}, "`method` must be one of"),
-        ({"wrn_depth": 20}, "Received: wrn_depth=20"),
-        ({"learning_rate": 0.0}, "Received: learning_rate=0.0"),
-        ({"steps_per_epoch": 0}, "Received: steps_per_epoch=0"),
+        ({"sparsity": 1.0}, r"^`sparsity` must be in \[0, 1\)\. Received: sparsity=1\.0$"),
+        ({"method": "magic"}, "^`method` must be one of dense, small_dense, "),
+        ({"wrn_depth": 20}, "Received: wrn_depth=20$"),
+        ({"learning_rate": 0.0}, "a positive number or None. Received: learning_rate=0.0$"),
+        ({"steps_per_epoch": 0}, "Received: steps_per_epoch=0$"),
+        ({"dense_layers": ["fc9"]}, r"\(fc1, fc2, fc3\)\. Received: dense_layers=\('fc9',\)$"),
     ],
 )
-def test_bad_config_raises_value_error(kwargs, message):
+def test_bad_config_raises_value_error_in_python_words(kwargs, message):
     with pytest.raises(ValueError, match=message):
         train_lib.TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [("lenet300_100", {}), ("lenet5", {}),
+     ("wrn_22_2", {"depth": 22, "width": 2}), ("wrn_22_2", {"depth": 10, "width": 1})],
+)
+def test_layer_names_known_before_building_are_the_built_ones(model, kwargs):
+    architecture = train_lib.MODELS[model].architecture
+    built = models.build(architecture, input_shape=(32, 32, 3), num_classes=10, **kwargs)
+    expected = list(models.kernel_shapes(built))
+    names = train_lib._kernel_layer_names(
+        model, kwargs.get("depth", 22), kwargs.get("width", 2))
+    assert sorted(names) == sorted(expected)
 
 
 def test_missing_dataset_names_data_dir_and_env_var(tmp_path):
@@ -322,21 +412,40 @@ def test_missing_dataset_names_data_dir_and_env_var(tmp_path):
         train_lib.train(train_lib.TrainConfig(dataset="no_such_set", **TINY))
 
 
-def test_cli_missing_dataset_is_one_clear_message(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "rigl_keras.train", f"--data_dir={empty}",
-         "--epochs=1", "--steps_per_epoch=1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env=_subprocess_env(),
-    )
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    error_lines = [l for l in result.stderr.splitlines() if "rigl_keras.train: error" in l]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    assert "--data_dir" in error_lines[0] and "TFDS_DATA_DIR" in error_lines[0]
-    assert not (tmp_path / "results.json").exists()
+def _main_in_process(monkeypatch, *args):
+    """`train_lib.main` on mock data with `args` parsed into fresh flags."""
+    flag_values = flags.FlagValues()
+    train_lib.define_flags(flag_values)
+    flag_values(["rigl-train", *args])
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # The user's choice: kept.
+    verbosity = train_lib.logging.get_verbosity()
+    try:
+        with tfds.testing.mock_data(num_examples=40):
+            train_lib.main(["rigl-train"], flag_values)
+    finally:
+        train_lib.logging.set_verbosity(verbosity)
+
+
+def test_cli_reports_a_setup_value_error_in_one_line(tmp_path, monkeypatch, capsys):
+    def bad_build(*args, **kwargs):
+        raise ValueError("`input_shape` is too small.\nUse bigger images.")
+
+    monkeypatch.setattr(models, "build", bad_build)
+    with pytest.raises(SystemExit) as info:
+        _main_in_process(monkeypatch, "--epochs=1", "--steps_per_epoch=1", "--verbose=0")
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "rigl_keras.train: error: `input_shape` is too small. Use bigger images.")
+
+
+def test_cli_lets_an_error_while_training_propagate(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise ValueError("boom in fit")
+
+    monkeypatch.setattr(keras.Model, "fit", crash)
+    with pytest.raises(ValueError, match="boom in fit"):
+        _main_in_process(monkeypatch, "--epochs=1", "--steps_per_epoch=1", "--verbose=0",
+                         f"--results_json={tmp_path / 'r.json'}")
 
 
 # ----------------------------------------------------------------------
@@ -390,32 +499,3 @@ def test_rigl_lenet300_100_on_real_mnist(tmp_path):
     assert results["test_accuracy"] > 0.85, results["test_accuracy"]
     assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert results["history"]["drop_fraction"][-1] > 0.0
-
-
-def test_cli_entry_point_runs(tmp_path):
-    data_dir = _require_real_mnist()
-    result = subprocess.run(
-        [sys.executable, "-m", "rigl_keras.train", f"--data_dir={data_dir}",
-         "--epochs=1", "--steps_per_epoch=5", "--batch_size=16", "--verbose=2",
-         "--results_json=run/results.json"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-        env=_subprocess_env(),
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    path = tmp_path / "run" / "results.json"
-    results = json.loads(path.read_text())
-    lines = result.stdout.splitlines()
-    labels = ("test accuracy", "test loss", "sparsity", "train FLOPs",
-              "inference FLOPs", "wall time", "results JSON")
-    rows = {label: next(l for l in lines if l.startswith(label + " "))
-            for label in labels}
-    # Aligned: every value starts in the same column.
-    columns = {len(row) - len(row[len(label):].lstrip()) for label, row in rows.items()}
-    assert len(columns) == 1, rows
-    assert rows["results JSON"].endswith(str(path))
-    assert f"{results['test_accuracy']:.4f}" in rows["test accuracy"]
-    assert any(l.strip().startswith("fc1 ") for l in lines)
-    assert results["flags"]["method"] == "rigl"
-    # setup.py's console script points at this entry point.
-    assert "rigl-train=rigl_keras.train:run" in (ROOT / "setup.py").read_text()
-    assert callable(train_lib.run)

@@ -1,0 +1,275 @@
+"""Tests of the command line (`python -m rigl_keras.train`, `rigl-train`).
+
+Every test runs the command line in a fresh Python process and reads its
+exit status, stdout and stderr. Some load `rigl_keras/train.py` on its own,
+not through the `rigl_keras` package, to see what the command line itself
+imports and prints: `python -m rigl_keras.train` first imports the package,
+and while `rigl_keras/__init__.py` imports TensorFlow that happens (with
+TensorFlow's start-up logs) before train.py runs. The checks that depend on
+it are expected failures until the package imports TensorFlow lazily.
+
+The runs that train use the real MNIST from `TFDS_DATA_DIR` (default
+`<repo>/../shared/tfds`), which must be there when `CI` is set.
+"""
+
+import functools
+import importlib.metadata
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rigl_keras import train as train_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_PY = ROOT / "rigl_keras" / "train.py"
+TINY_RUN = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=16", "--verbose=0"]
+
+# Runs train.py loaded on its own (module `rigl_train_cli`), with the
+# arguments given, and says on stdout whether TensorFlow got imported.
+_STANDALONE = textwrap.dedent("""
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("rigl_train_cli", sys.argv[1])
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    try:
+        cli.run(["rigl-train", *sys.argv[2:]])
+    finally:
+        print("tensorflow imported:", "tensorflow" in sys.modules)
+""")
+
+# A TensorFlow C++ log line (absl's format or TensorFlow's older one), or
+# the banner absl prints before its logging is initialized.
+_TF_LOG_LINE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]*\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [^\]]*\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|To enable the following instructions)"
+)
+
+
+def _env(**overrides):
+    """The environment of a run: this checkout first, TF's log level unset."""
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(overrides)
+    return env
+
+
+def _run(argv, cwd, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+        timeout=timeout, env=env or _env(), check=False,
+    )
+
+
+def _standalone(args, cwd, **env):
+    return _run(["-c", _STANDALONE, str(TRAIN_PY), *args], cwd, _env(**env))
+
+
+def _own_lines(stderr):
+    """The lines of `stderr` that are not TensorFlow's C++ logs."""
+    return [line for line in stderr.splitlines() if not _TF_LOG_LINE.match(line)]
+
+
+@functools.lru_cache(maxsize=None)
+def _package_imports_tensorflow():
+    result = _run(["-c", "import sys, rigl_keras; print('tensorflow' in sys.modules)"],
+                  ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip() == "True"
+
+
+def _xfail_if_package_imports_tensorflow(what):
+    if _package_imports_tensorflow():
+        pytest.xfail(
+            f"{what}: rigl_keras/__init__.py imports TensorFlow, which "
+            "`python -m rigl_keras.train` runs before train.py")
+
+
+def _require_real_mnist():
+    """The TFDS folder holding the real MNIST: fails in CI, skips elsewhere."""
+    data_dir = pathlib.Path(
+        os.environ.get("TFDS_DATA_DIR", str(ROOT.parent / "shared" / "tfds")))
+    if not (data_dir / "mnist").is_dir():
+        message = f"MNIST in TFDS format is missing from {data_dir}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must provide ../shared/tfds)")
+        pytest.skip(message)
+    return str(data_dir)
+
+
+# ----------------------------------------------------------------------
+# --help.
+
+
+def _check_help(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    description = train_lib.__doc__.split("\n\n")[0].strip()
+    assert result.stdout.startswith(description + "\n"), result.stdout[:500]
+    assert "usage: rigl-train [flags]" in result.stdout
+    assert "train.py:" not in result.stdout  # absl's module heading.
+    for flag in ("--sparsity", "--method", "--results_json", "--[no]overwrite"):
+        assert flag in result.stdout, flag
+
+
+def test_help_exits_0_with_the_description(tmp_path):
+    _check_help(_run(["-m", "rigl_keras.train", "--help"], tmp_path, timeout=300))
+
+
+def test_console_script_help_exits_0_with_the_description(tmp_path):
+    code = "from rigl_keras.train import run; run(['rigl-train', '--help'])"
+    _check_help(_run(["-c", code], tmp_path, timeout=300))
+    assert "rigl-train=rigl_keras.train:run" in (ROOT / "setup.py").read_text()
+    installed = importlib.metadata.entry_points(group="console_scripts", name="rigl-train")
+    assert [ep.value for ep in installed] in ([], ["rigl_keras.train:run"])
+
+
+# ----------------------------------------------------------------------
+# Bad flags: one line, exit status 2, before TensorFlow loads.
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sparsity=1.5"], "--sparsity must be in [0, 1); got 1.5"),
+        (["--dense_layers=nosuch"],
+         "--dense_layers must be names of lenet300_100's layers (fc1, fc2, fc3); got nosuch"),
+        (["--model=wrn_22_2", "--wrn_depth=10", "--dense_layers=group1_block2_conv_a"],
+         "--dense_layers must be names of wrn_22_2's layers (conv1, group1_block1_conv_a, "
+         "group1_block1_conv_b, group1_block1_shortcut, group2_block1_conv_a, "),
+        (["--method=magic"],
+         "flag --method=magic: value should be one of <dense|small_dense|static|set|snfs|rigl|prune>"),
+        (["--metod=rigl"], "Unknown command line flag 'metod'"),
+        (["--epochs=0"], "--epochs must be an integer >= 1; got 0"),
+        (["stray"], "unexpected arguments: stray"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_before_tensorflow(tmp_path, args, message):
+    result = _standalone(args, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"rigl_keras.train: error: {message}"), lines[0]
+    assert result.stdout == "tensorflow imported: False\n"
+
+
+@pytest.mark.parametrize("flag", ["results_json", "logdir", "tflite_path", "export_dir"])
+def test_existing_outputs_exit_2_before_tensorflow(tmp_path, flag):
+    target = {"results_json": tmp_path / "r.json", "logdir": tmp_path / "tb" / "results.json",
+              "tflite_path": tmp_path / "m.tflite",
+              "export_dir": tmp_path / "saved" / "saved_model.pb"}[flag]
+    target.parent.mkdir(exist_ok=True)
+    target.write_text("old")
+    value = target.parent if flag in ("logdir", "export_dir") else target
+    shown = value if flag == "export_dir" else target  # What exists.
+    result = _standalone([f"--{flag}={value}"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"rigl_keras.train: error: --{flag}: {shown} exists; pass --overwrite "
+        "to replace it, or choose another path"]
+    assert result.stdout == "tensorflow imported: False\n"
+    assert target.read_text() == "old"
+
+
+def test_bad_flag_through_python_m_is_one_line_exit_2(tmp_path):
+    code = textwrap.dedent("""
+        import runpy, sys
+        sys.argv = ["rigl-train", "--sparsity=1.5"]
+        try:
+            runpy.run_module("rigl_keras.train", run_name="__main__")
+        finally:
+            print("tensorflow imported:", "tensorflow" in sys.modules)
+    """)
+    result = _run(["-c", code], tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _own_lines(result.stderr) == [
+        "rigl_keras.train: error: --sparsity must be in [0, 1); got 1.5"]
+    if result.stdout != "tensorflow imported: False\n":
+        _xfail_if_package_imports_tensorflow("TensorFlow loaded before the flags were checked")
+    assert result.stdout == "tensorflow imported: False\n"
+    assert result.stderr.splitlines() == _own_lines(result.stderr)
+
+
+def test_missing_dataset_is_one_line_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(["-m", "rigl_keras.train", f"--data_dir={empty}", *TINY_RUN],
+                  tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _own_lines(result.stderr)
+    assert line.startswith("rigl_keras.train: error: Cannot find the TFDS dataset 'mnist'")
+    assert "--data_dir" in line and "TFDS_DATA_DIR" in line and str(empty) in line
+    assert os.listdir(tmp_path) == ["empty"]
+
+
+# ----------------------------------------------------------------------
+# Training runs.
+
+
+def _repeated(lines):
+    seen, repeated = set(), []
+    for line in filter(None, lines):
+        key = line.split("] ", 1)[-1]  # Without time stamp and thread.
+        if key in seen:
+            repeated.append(line)
+        seen.add(key)
+    return repeated
+
+
+def test_start_up_is_quiet_without_verbosity(tmp_path):
+    data_dir = _require_real_mnist()
+    result = _standalone([f"--data_dir={data_dir}", *TINY_RUN], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "cuInit" not in result.stderr, result.stderr[-3000:]
+    assert not _repeated(result.stderr.splitlines()), result.stderr[-3000:]
+    assert not [l for l in result.stderr.splitlines() if _TF_LOG_LINE.match(l)
+                and l[0] in "IW"], result.stderr[-3000:]
+
+
+def test_python_m_trains_and_prints_the_summary(tmp_path):
+    data_dir = _require_real_mnist()
+    result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", "--epochs=1",
+                   "--steps_per_epoch=5", "--batch_size=16", "--verbose=2",
+                   "--results_json=run/results.json"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    path = tmp_path / "run" / "results.json"
+    results = json.loads(path.read_text())
+    assert os.listdir(tmp_path) == ["run"]
+    lines = result.stdout.splitlines()
+    labels = ("steps", "test accuracy", "test loss", "sparsity", "train FLOPs",
+              "inference FLOPs", "wall time", "results JSON")
+    rows = {label: next(l for l in lines if l.startswith(label + " "))
+            for label in labels}
+    # Aligned: every value starts in the same column.
+    columns = {len(row) - len(row[len(label):].lstrip()) for label, row in rows.items()}
+    assert len(columns) == 1, rows
+    assert rows["steps"].endswith(" 5 (1 epoch x 5, batch 16)"), rows["steps"]
+    assert rows["results JSON"].endswith(str(path))
+    assert f"{results['test_accuracy']:.4f}" in rows["test accuracy"]
+    assert any(l.strip().startswith("fc1 ") for l in lines)
+    assert results["flags"]["method"] == "rigl"
+    # The CUDA probing happens after train.py took over: never shown.
+    assert "cuInit" not in result.stderr, result.stderr[-3000:]
+    if _repeated(result.stderr.splitlines()):
+        _xfail_if_package_imports_tensorflow("repeated TensorFlow start-up lines")
+    assert not _repeated(result.stderr.splitlines()), result.stderr[-3000:]
+
+
+def test_short_run_leaves_no_partial_cache_and_writes_nothing(tmp_path):
+    data_dir = _require_real_mnist()
+    # With every TensorFlow log shown (the user chose level 0).
+    result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", *TINY_RUN],
+                  tmp_path, _env(TF_CPP_MIN_LOG_LEVEL="0"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "did not fully read the dataset being cached" not in result.stderr, (
+        result.stderr[-3000:])
+    assert "steps" in result.stdout and "results JSON" not in result.stdout
+    assert os.listdir(tmp_path) == []  # No ./results.json.

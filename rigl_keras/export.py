@@ -303,14 +303,16 @@ def export_saved_model(
 ):
     """Strips the masks and writes a TensorFlow SavedModel for serving.
 
-    The SavedModel has a serving signature, `signature_name`, that maps the
-    model's inputs (batch dimension free) to its outputs in inference mode
-    (`training=False`); if `signature_name` is not `"serving_default"`, the
-    same function is also registered under `"serving_default"`, which TF
-    Serving requires. Load it with `tf.saved_model.load(path).signatures[
-    signature_name]`, inspect it with `saved_model_cli show --dir path --all`
-    or serve it with TF Serving (which needs `"serving_default"`). The
-    variables hold `kernel * mask`, so their zeros are the pruned weights.
+    The SavedModel serves one function that maps the model's inputs (batch
+    dimension free) to its outputs in inference mode (`training=False`).
+    As with Keras' `model.export`, the reloaded object calls it as
+    `serve(x)` and has it as the signatures `"serve"` and
+    `"serving_default"` (which TF Serving requires); a `signature_name`
+    other than these two adds a signature and an attribute of that name.
+    Load it with `tf.saved_model.load(path)`, inspect it with
+    `saved_model_cli show --dir path --all` or serve it with TF Serving.
+    The variables hold `kernel * mask`, so their zeros are the pruned
+    weights.
 
     The SavedModel is written to a temporary directory next to `path` and
     moved into place at the end, so a failed export leaves `path` as it was.
@@ -319,7 +321,8 @@ def export_saved_model(
         model: A built Sequential or functional `keras.Model`, masked or not.
         path: Directory to write (`str` or path-like). Missing parent
             directories are created.
-        signature_name: Name of the serving signature.
+        signature_name: An extra name of the serving signature (and
+            attribute) besides `"serve"` and `"serving_default"`.
         overwrite: Whether to replace `path` if it is a non-empty directory.
 
     Returns:
@@ -335,7 +338,7 @@ def export_saved_model(
     Example:
 
     >>> path = export_saved_model(model, "/tmp/served/1")  # doctest: +SKIP
-    >>> tf.saved_model.load(path).signatures["serving_default"]  # doctest: +SKIP
+    >>> tf.saved_model.load(path).serve(x)  # doctest: +SKIP
     """
     path = os.fspath(path)
     _check_signature_name(signature_name)
@@ -355,7 +358,20 @@ def export_saved_model(
     staging = tempfile.mkdtemp(prefix=".rigl_export_", dir=parent)
     try:
         written = os.path.join(staging, "saved_model")
-        _write_saved_model(stripped, written, signature_name)
+        archive = keras.export.ExportArchive()
+        for layer in _all_sublayers(stripped):
+            if isinstance(layer, _LOOKUP_LAYERS):  # As in _write_saved_model.
+                archive.track(layer)
+        names = ["serve"]  # First: Keras also names it "serving_default".
+        if signature_name not in ("serve", "serving_default"):
+            names.append(signature_name)
+        for name in names:
+            archive.add_endpoint(
+                name=name,
+                fn=lambda inputs: stripped(inputs, training=False),
+                input_signature=_input_signature(stripped),
+            )
+        archive.write_out(written, verbose=False)
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(written, path)

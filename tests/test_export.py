@@ -347,12 +347,15 @@ _LOAD_AND_RUN = """
 import json, sys
 import numpy as np
 import tensorflow as tf
-for path, x_file, y_file in json.loads(sys.argv[1]):
-    fn = tf.saved_model.load(path).signatures["serving_default"]
+for path, x_file, y_file, serve_file in json.loads(sys.argv[1]):
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
     (name, spec), = fn.structured_input_signature[1].items()
     assert spec.shape[0] is None, spec
-    outputs = fn(**{name: tf.constant(np.load(x_file))})
+    x = tf.constant(np.load(x_file))
+    outputs = fn(**{name: x})
     np.save(y_file, outputs["output_0"].numpy())
+    np.save(serve_file, loaded.serve(x).numpy())  # As Keras' model.export.
 print("done")
 """
 
@@ -361,7 +364,8 @@ def test_saved_model_outputs_in_fresh_process(exported, tmp_path):
     jobs = []
     for name, (_, _, path, x) in exported.items():
         np.save(tmp_path / f"{name}_x.npy", x)
-        jobs.append([path, str(tmp_path / f"{name}_x.npy"), str(tmp_path / f"{name}_y.npy")])
+        jobs.append([path] + [str(tmp_path / f"{name}_{kind}.npy")
+                              for kind in ("x", "y", "serve")])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_RUN, json.dumps(jobs)],
@@ -369,9 +373,11 @@ def test_saved_model_outputs_in_fresh_process(exported, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for name, (model, _, _, x) in exported.items():
-        served = np.load(tmp_path / f"{name}_y.npy")
-        assert served.shape[0] == 7
-        np.testing.assert_allclose(served, _predict(model, x), rtol=0, atol=ATOL, err_msg=name)
+        for kind in ("y", "serve"):
+            served = np.load(tmp_path / f"{name}_{kind}.npy")
+            assert served.shape[0] == 7
+            np.testing.assert_allclose(
+                served, _predict(model, x), rtol=0, atol=ATOL, err_msg=f"{name} {kind}")
 
 
 def test_saved_model_variables_keep_the_zeros(exported):
@@ -451,11 +457,12 @@ def test_export_saved_model_into_empty_directory_and_custom_signature(tmp_path):
     path = rigl_keras.export_saved_model(model, tmp_path / "empty", signature_name="predict")
     assert path == str(tmp_path / "empty")
     loaded = tf.saved_model.load(path)
-    # Keras' ExportArchive also registers the first endpoint as "serving_default".
-    assert sorted(loaded.signatures) == ["predict", "serving_default"]
+    # The extra name adds to Keras' "serve" (also "serving_default").
+    assert sorted(loaded.signatures) == ["predict", "serve", "serving_default"]
     x = _inputs(model)
-    out = loaded.signatures["predict"](tf.constant(x))
-    np.testing.assert_allclose(out["output_0"].numpy(), _predict(model, x), rtol=0, atol=ATOL)
+    for served in (loaded.signatures["predict"](tf.constant(x))["output_0"],
+                   loaded.predict(tf.constant(x)), loaded.serve(tf.constant(x))):
+        np.testing.assert_allclose(served.numpy(), _predict(model, x), rtol=0, atol=ATOL)
 
 
 def test_export_saved_model_bad_input(tmp_path):

@@ -175,7 +175,7 @@ def make_sparse_model(name, sparsity, structure, seed):
         shape = tuple(layer.kernel.shape)
         size = int(np.prod(shape))
         layer_seed = zlib.crc32(f"{name}/{layer.name}".encode()) ^ seed
-        num_zeros = int(round(targets.get(layer.name, 0.0) * size))
+        num_zeros = int(round(targets.get(layer.kernel.path, 0.0) * size))
         blocky = (
             structure == "block1x4"
             and isinstance(layer, rigl_keras.MaskedDense)

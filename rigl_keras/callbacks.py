@@ -609,6 +609,15 @@ class RigLCallback(MaskCallback):
         # callback picks one per step, else the one "step" function.
         self._train_functions = {}
 
+    @property
+    def recorders(self):
+        """`{weight key: rigl_keras.gradients.DenseGradientRecorder}`.
+
+        The dense gradients the next update will grow by (empty for rules
+        that do not use the gradient, and before training starts).
+        """
+        return dict(self._recorders)
+
     # ------------------------------------------------------------------
     # Serialization.
 

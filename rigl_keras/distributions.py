@@ -321,11 +321,14 @@ def sparsity_distribution(
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((784,)),
-    ...     keras.layers.Dense(300), keras.layers.Dense(10)])
-    >>> _ = rigl_keras.sparsify(model)
-    >>> sparsity_distribution(model, 0.9, method="erk")
-    {'sequential/dense/kernel': 0.9..., 'sequential/dense_1/kernel': 0.0}
+    ```python
+    model = keras.Sequential([keras.Input((784,)),
+        keras.layers.Dense(300, name="fc1"), keras.layers.Dense(10, name="fc2")],
+        name="mlp")
+    rigl_keras.sparsify(model)
+    sparsity_distribution(model, 0.9, method="erk")
+    # {'mlp/fc1/kernel': 0.9114..., 'mlp/fc2/kernel': 0.0}
+    ```
     """
     # Imported here so this module stays importable (and testable) without
     # the Keras layer code.

@@ -32,6 +32,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from rigl_keras import masking
+from rigl_keras import sparse_twins
 from rigl_keras.layers import MaskedConv2D
 from rigl_keras.layers import MaskedDense
 from rigl_keras.layers import MaskedLayer
@@ -87,11 +89,11 @@ def _check_model(model, caller):
             f"`{caller}` supports Sequential and functional models only, "
             "because it rebuilds the model layer by layer with "
             "`keras.models.clone_model`. Received a subclassed model of type "
-            f"{type(model).__name__!r}. Rebuild it as a functional model "
-            "(`keras.Model(inputs, outputs)`) around the same layers and "
-            "strip that, or replace each masked layer by hand with its plain "
-            "twin (`Dense` for `MaskedDense`, `Conv2D` for `MaskedConv2D`) "
-            "holding `kernel * mask`."
+            f"{type(model).__name__!r}. For a model made sparse with "
+            "`rigl_keras.sparsify`, `rigl_keras.unsparsify(model)` drops the "
+            "masks in place (W * M baked in); otherwise rebuild it as a "
+            "functional model (`keras.Model(inputs, outputs)`) around the "
+            "same layers and strip that."
         )
     if not model.built:
         raise ValueError(
@@ -127,8 +129,10 @@ def _clone_plain_layer(layer):
             "layer. Nest Sequential or functional models only, or strip this "
             "layer by hand."
         )
+    config = layer.get_config()
+    config.pop("rigl_sparse_weights", None)  # a sparse twin's own key
     try:
-        return layer.__class__.from_config(layer.get_config())
+        return sparse_twins.base_class(layer).from_config(config)
     except Exception as error:  # pylint: disable=broad-except
         raise ValueError(
             f"Cannot copy layer {layer.name!r} of type "
@@ -146,7 +150,12 @@ def _copy_weights(source, target):
         if source.bias is not None:
             target.bias.assign(source.bias.numpy())
         return
-    weights = source.get_weights()
+    masks = {id(w.variable): w.mask for w in masking.masked_weights(source)}
+    weights = [
+        keras.ops.convert_to_numpy(v) * keras.ops.convert_to_numpy(masks[id(v)])
+        if id(v) in masks else keras.ops.convert_to_numpy(v)
+        for v in source.weights
+    ]
     if len(weights) != len(target.weights):
         raise ValueError(
             f"Cannot copy the weights of layer {source.name!r} of type "
@@ -183,10 +192,11 @@ def _uncompiled(model):
 def _strip(model, caller, warn):
     """`strip_masks` with the caller's name for errors and an optional warning."""
     _check_model(model, caller)
-    if not masked_layers(model) and warn:
+    if not masking.masked_weights(model) and warn:
         warnings.warn(
-            f"Model {model.name!r} contains no masked layer (MaskedDense, "
-            "MaskedConv2D): `strip_masks` returns an unchanged copy.",
+            f"Model {model.name!r} contains no masked weight "
+            "(`rigl_keras.sparsify`, MaskedDense, MaskedConv2D): "
+            "`strip_masks` returns an unchanged copy.",
             UserWarning,
             stacklevel=3,
         )

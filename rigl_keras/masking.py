@@ -87,9 +87,14 @@ class MaskedWeight:
 
 
 def _sublayers(layer):
-    """The direct sublayers of `layer`, in the order the layer holds them."""
+    """The direct sublayers of `layer`, in the order the layer holds them.
+
+    Operations that are not layers (a functional model may hold some) have
+    no weights and are left out.
+    """
     # pylint: disable-next=protected-access
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    children = layer._flatten_layers(include_self=False, recursive=False)
+    return [child for child in children if isinstance(child, keras.layers.Layer)]
 
 
 def walk_layers(model):
@@ -143,10 +148,11 @@ def masked_weights(model):
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model = keras.Sequential(
+    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
     >>> _ = rigl_keras.sparsify(model)
     >>> [w.key for w in masked_weights(model)]
-    ['sequential/dense/kernel']
+    ['mlp/fc/kernel']
     """
     found = []
     keys = {}
@@ -175,10 +181,11 @@ def get_masks(model):
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model = keras.Sequential(
+    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
     >>> _ = rigl_keras.sparsify(model)
     >>> {k: v.shape for k, v in rigl_keras.get_masks(model).items()}
-    {'sequential/dense/kernel': (3, 2)}
+    {'mlp/fc/kernel': (3, 2)}
     """
     return {
         w.key: np.asarray(keras.ops.convert_to_numpy(w.mask), np.float32)

@@ -51,9 +51,9 @@ class SparsifiableLayer:
     ...         return x @ self.w
     ...     def get_sparsifiable_weights(self):
     ...         return [self.w]
-    >>> model = keras.Sequential([keras.Input((3,)), Scale()])
+    >>> model = keras.Sequential([keras.Input((3,)), Scale(name="scale")], name="m")
     >>> [row["weight"] for row in sparsify(model).masked]
-    ['sequential/scale/w']
+    ['m/scale/w']
     """
 
     def get_sparsifiable_weights(self):

@@ -14,6 +14,7 @@ import keras
 import pytest
 
 import rigl_keras
+from _helpers import by_layer  # tests/_helpers.py
 
 import _helpers  # tests/_helpers.py
 
@@ -266,7 +267,7 @@ def test_rezero_variant_keeps_the_static_zero_counts_through_training():
     masked = overhead._compiled_model("lenet300_100", "static", 0.05, seed=0)
     shapes = {l.name: tuple(l.kernel.shape) for l in rigl_keras.masked_layers(masked)}
     expected = rigl_keras.distributions.layer_zero_counts(
-        shapes, rigl_keras.sparsity_distribution(masked, 0.9, "erk")
+        shapes, by_layer(rigl_keras.sparsity_distribution(masked, 0.9, "erk"))
     )
     dataset = overhead.make_dataset("lenet300_100", 256, 64, seed=0)
     model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)

@@ -245,7 +245,7 @@ def test_strip_masks_without_masked_layers_warns_and_copies():
          keras.layers.BatchNormalization(), keras.layers.Dense(2)]
     )
     x = _inputs(model)
-    with pytest.warns(UserWarning, match="contains no masked layer"):
+    with pytest.warns(UserWarning, match="contains no masked weight"):
         copy = rigl_keras.strip_masks(model)
     assert copy is not model
     assert [type(layer) for layer in copy.layers] == [type(layer) for layer in model.layers]

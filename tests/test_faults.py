@@ -108,7 +108,7 @@ def test_non_finite_gradient_skips_that_branch_and_warns_once_per_layer():
                   verbose=0, callbacks=[rigl, snapshots])
     skipped = _skip_warnings(caught)
     assert sorted(skipped) == [
-        f"Skipped the mask update of layer '{name}' at step 4: its dense "
+        f"Skipped the mask update of weight '{name}/kernel' at step 4: its dense "
         "gradient or kernel is not finite. Its mask and weights are unchanged."
         for name in ("b1", "b2")
     ]
@@ -183,7 +183,7 @@ def test_non_finite_kernel_at_update_skips_that_layer_and_warns_once():
                   callbacks=[poison, rigl, unpoison, snapshots])
     skipped = _skip_warnings(caught)
     assert len(skipped) == 1, skipped
-    assert "layer 'fc2' at step 8" in skipped[0]
+    assert "/fc2/kernel' at step 8" in skipped[0]
     assert unpoison.untouched == [(8, True), (12, True)]
     assert snapshots.changed == {
         4: ["fc1", "fc2", "out"],
@@ -319,7 +319,8 @@ def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
 
     class Spy(rigl_keras.RigLCallback):
         def _update_masks(self, step):
-            self.recorded[step] = _numpy(self.layers[0].recorder.gradient)
+            (recorder,) = self.recorders.values()
+            self.recorded[step] = _numpy(recorder.gradient)
             super()._update_masks(step)
 
     class Weights(keras.callbacks.Callback):

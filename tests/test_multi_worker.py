@@ -265,7 +265,8 @@ def test_workers_hold_identical_masks_and_weights(custom_loop_run):
 def test_exact_zero_counts_and_zero_inactive_weights(custom_loop_run):
     for values, summary in custom_loop_run["workers"]:
         for layer, zeros in _EXPECTED_ZEROS.items():
-            assert zeros == int(np.floor(summary["targets"][layer] * _SIZES[layer]))
+            targets = {k.split("/")[-2]: v for k, v in summary["targets"].items()}
+            assert zeros == int(np.floor(targets[layer] * _SIZES[layer]))
             mask = _variable(values, layer, "mask")
             kernel = _variable(values, layer, "kernel")
             assert sorted(np.unique(mask).tolist()) == [0.0, 1.0], layer

@@ -92,8 +92,11 @@ def _sublayers(layer):
     Operations that are not layers (a functional model may hold some) have
     no weights and are left out.
     """
-    # pylint: disable-next=protected-access
-    children = layer._flatten_layers(include_self=False, recursive=False)
+    try:
+        # pylint: disable-next=protected-access
+        children = list(layer._flatten_layers(include_self=False, recursive=False))
+    except AttributeError:  # it holds an operation without sublayer tracking
+        children = list(getattr(layer, "_layers", None) or [])
     return [child for child in children if isinstance(child, keras.layers.Layer)]
 
 

@@ -172,7 +172,8 @@ def _scenarios():  # pylint: disable=too-many-locals,too-many-statements
     def describe(model, callback, probe=None, reference=None):
         layers = rigl_keras.masked_layers(model)
         shapes = {l.name: tuple(l.mask.shape) for l in layers}
-        expected = distributions.layer_zero_counts(shapes, callback.target_sparsities)
+        targets = {k.split("/")[-2]: v for k, v in callback.target_sparsities.items()}
+        expected = distributions.layer_zero_counts(shapes, targets)
         state = arrays(model)
         result = {
             "end_step": callback._end_step,  # pylint: disable=protected-access
@@ -275,8 +276,8 @@ def _scenarios():  # pylint: disable=too-many-locals,too-many-statements
         restore = keras.callbacks.BackupAndRestore(os.path.join(work, "retry"))
         interrupted_fit(model, [SetEpoch(), restore, Interrupt(*_INTERRUPT), callback])
         out["stale_gradient_norm"] = float(sum(
-            np.abs(np.asarray(l.recorder.gradient)).sum()
-            for l in rigl_keras.masked_layers(model)))
+            np.abs(np.asarray(r.gradient)).sum()
+            for r in callback.recorders.values()))
         callback.events = []
         probe = Probe()
         fit(model, [SetEpoch(), restore, callback, probe])

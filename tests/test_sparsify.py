@@ -58,10 +58,12 @@ class _StepChecker(keras.callbacks.Callback):
         self.previous = masks
 
 
-def _train_rigl(model, x, y, loss, steps=12, batch_size=4, update_freq=3):
+def _train_rigl(model, x, y, loss, steps=12, batch_size=4, update_freq=3,
+                distribution="erk"):
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), loss)
     rigl = rigl_keras.RigLCallback(
-        sparsity=0.9, update_freq=update_freq, end_step=steps, seed=0
+        sparsity=0.9, distribution=distribution, update_freq=update_freq,
+        end_step=steps, seed=0,
     )
     checker = _StepChecker(rigl)
     epochs = steps * batch_size // len(x)
@@ -419,7 +421,7 @@ def test_custom_layer_through_the_protocol_trains_sparse():
         "scale/w", model.layers[1].name + "/kernel"]
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 6)).astype("float32"), rng.random((16, 2)).astype("float32")
-    _train_rigl(model, x, y, "mse", steps=8, update_freq=2)
+    _train_rigl(model, x, y, "mse", steps=8, update_freq=2, distribution="uniform")
 
 
 def test_printed_report_lists_weights_and_skips():

@@ -456,7 +456,8 @@ def mirrored_worker(devices, steps_per_epoch, epochs, repeats, update_freq, seed
         steps.extend(end.seconds[1:])
     layers = rigl_keras.masked_layers(model)
     shapes = {l.name: tuple(l.mask.shape) for l in layers}
-    expected = distributions.layer_zero_counts(shapes, rigl.target_sparsities)
+    targets = {l.name: rigl.target_sparsities[l.kernel.path] for l in layers}
+    expected = distributions.layer_zero_counts(shapes, targets)
     zeros = {}
     for layer in layers:
         local = strategy.experimental_local_results(layer.mask.value)

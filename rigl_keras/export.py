@@ -150,6 +150,8 @@ def _copy_weights(source, target):
         if source.bias is not None:
             target.bias.assign(source.bias.numpy())
         return
+    if not isinstance(source, keras.layers.Layer):
+        return  # an operation of a functional model (`h + x`): no weights
     masks = {id(w.variable): w.mask for w in masking.masked_weights(source)}
     weights = [
         keras.ops.convert_to_numpy(v) * keras.ops.convert_to_numpy(masks[id(v)])

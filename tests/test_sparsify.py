@@ -403,8 +403,8 @@ def test_calling_twice_adds_nothing():
 
 class _Scale(keras.layers.Layer, rigl_keras.SparsifiableLayer):
     def build(self, input_shape):
-        self.w = self.add_weight(shape=(input_shape[-1], 4), name="w")
-        self.b = self.add_weight(shape=(4,), name="b", initializer="zeros")
+        self.w = self.add_weight(shape=(input_shape[-1], 16), name="w")
+        self.b = self.add_weight(shape=(16,), name="b", initializer="zeros")
 
     def call(self, x):
         return x @ self.w + self.b
@@ -415,12 +415,12 @@ class _Scale(keras.layers.Layer, rigl_keras.SparsifiableLayer):
 
 def test_custom_layer_through_the_protocol_trains_sparse():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), _Scale(name="scale"), L.Dense(2)])
+    model = keras.Sequential([keras.Input((32,)), _Scale(name="scale"), L.Dense(8)])
     report = rigl_keras.sparsify(model)
     assert [r["weight"].split("/", 1)[1] for r in report.masked] == [
         "scale/w", model.layers[1].name + "/kernel"]
     rng = np.random.default_rng(0)
-    x, y = rng.random((16, 6)).astype("float32"), rng.random((16, 2)).astype("float32")
+    x, y = rng.random((16, 32)).astype("float32"), rng.random((16, 8)).astype("float32")
     _train_rigl(model, x, y, "mse", steps=8, update_freq=2, distribution="uniform")
 
 

@@ -56,6 +56,7 @@ setuptools.setup(
             "nbformat",
             "ipykernel",
             "ai-edge-litert",
+            "keras-hub",
         ],
         "tflite": ["ai-edge-litert"],
     },

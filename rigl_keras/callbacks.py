@@ -67,7 +67,7 @@ def _read_step(iterations):
     where the counter is a `MirroredVariable`; converting to NumPy works
     everywhere.
     """
-    return int(tf.convert_to_tensor(gradients._value(iterations)).numpy())  # pylint: disable=protected-access
+    return int(tf.convert_to_tensor(masking.variable_value(iterations)).numpy())
 
 
 def random_mask(shape, num_zeros, seed):
@@ -430,7 +430,7 @@ class MaskCallback(keras.callbacks.Callback):
             )
         # With `gradient_accumulation_steps` k the optimizer steps (and
         # `iterations` counts) once every k batches.
-        base = optimizer_state._base_optimizer(self._optimizer)  # pylint: disable=protected-access
+        base = optimizer_state.base_optimizer(self._optimizer)
         accumulation = int(getattr(base, "gradient_accumulation_steps", None) or 1)
         batch_start = self._epoch_start_step
         if accumulation > 1:

@@ -21,19 +21,14 @@ traced then stays correct after `detach`); functions must be traced after
 `attach` to get it.
 """
 
-import keras
 import tensorflow as tf
+
+from rigl_keras import masking
+from rigl_keras import optimizer_state
 
 __all__ = ["DenseGradientRecorder", "attach", "detach", "attached_optimizer"]
 
 _HOOK_ATTRIBUTE = "_rigl_gradient_hook"
-
-
-def _value(variable):
-    """The `tf.Variable` behind a Keras variable (or the argument itself)."""
-    if isinstance(variable, keras.Variable):
-        return variable.value
-    return variable
 
 
 class DenseGradientRecorder:
@@ -97,8 +92,8 @@ class DenseGradientRecorder:
         counter = self.step_counter
         if callable(counter):
             counter = counter()
-        step = tf.cast(_value(counter), tf.int64) + 1
-        return tf.equal(step, tf.cast(_value(self.record_step), tf.int64))
+        step = tf.cast(masking.variable_value(counter), tf.int64) + 1
+        return tf.equal(step, tf.cast(masking.variable_value(self.record_step), tf.int64))
 
     def maybe_record(self, grad):
         """Adds `grad` to the stored gradient if this is a recording step.
@@ -139,13 +134,6 @@ class DenseGradientRecorder:
         self.gradient.assign(tf.zeros_like(self.gradient))
 
 
-def _base_optimizer(optimizer):
-    """The optimizer that owns the state (unwraps `LossScaleOptimizer`)."""
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
-
-
 def _masked_gradient(grad, mask):
     """`grad * mask`, keeping an `IndexedSlices` gradient sparse."""
     if isinstance(grad, tf.IndexedSlices):
@@ -170,11 +158,11 @@ class _Hook:
                 continue
             mask, recorder = entry
             if recorder is None:
-                out.append(_masked_gradient(grad, _value(mask)))
+                out.append(_masked_gradient(grad, masking.variable_value(mask)))
                 continue
             recorded = recorder.maybe_record(grad)
             with tf.control_dependencies([recorded]):
-                out.append(_masked_gradient(grad, _value(mask)))
+                out.append(_masked_gradient(grad, masking.variable_value(mask)))
         return out
 
     def apply(self, grads, trainable_variables=None):
@@ -205,7 +193,7 @@ def attach(optimizer, weights, recorders=None):
         Whether the hook is new on this optimizer, or now covers other
         weights or recorders (traced train functions are then stale).
     """
-    base = _base_optimizer(optimizer)
+    base = optimizer_state.base_optimizer(optimizer)
     hook = base.__dict__.get(_HOOK_ATTRIBUTE)
     fresh = hook is None
     if fresh:
@@ -237,7 +225,7 @@ def detach(optimizer, weights=()):
         weights: The weights given to `attach`; their `MaskedDense` /
             `MaskedConv2D` layers mask their own gradients again.
     """
-    base = _base_optimizer(optimizer)
+    base = optimizer_state.base_optimizer(optimizer)
     base.__dict__.pop(_HOOK_ATTRIBUTE, None)
     base.__dict__.pop("apply", None)
     for w in weights:
@@ -246,4 +234,4 @@ def detach(optimizer, weights=()):
 
 def attached_optimizer(optimizer):
     """Whether `optimizer` (or the one it wraps) has the hook."""
-    return _HOOK_ATTRIBUTE in _base_optimizer(optimizer).__dict__
+    return _HOOK_ATTRIBUTE in optimizer_state.base_optimizer(optimizer).__dict__

@@ -27,19 +27,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rigl_keras import masking
+
 __all__ = [
     "MaskedLayer",
     "MaskedDense",
     "MaskedConv2D",
     "masked_layers",
 ]
-
-
-def _value(variable):
-    """The `tf.Variable` behind a Keras variable (or the argument itself)."""
-    if isinstance(variable, keras.Variable):
-        return variable.value
-    return variable
 
 
 def _zero_kept_kernel(kernel, mask):
@@ -83,7 +78,7 @@ class MaskedLayer(keras.layers.Layer):
 
     def _effective_kernel(self, training):
         kernel = tf.convert_to_tensor(self.kernel)
-        mask = tf.cast(_value(self.mask), kernel.dtype)
+        mask = tf.cast(masking.variable_value(self.mask), kernel.dtype)
         if training and self.__dict__.get("_rigl_gradient_masked_by_optimizer"):
             # A mask callback's optimizer hook masks (and records) the
             # gradient: the kernel is used as it is.
@@ -94,7 +89,7 @@ class MaskedLayer(keras.layers.Layer):
 
     def apply_mask(self):
         """Sets kernel entries outside the mask to exactly 0.0."""
-        self.kernel.assign(self.kernel * tf.cast(_value(self.mask), self.kernel.dtype))
+        self.kernel.assign(self.kernel * tf.cast(masking.variable_value(self.mask), self.kernel.dtype))
 
     def set_weights(self, weights):
         """Sets the weights, then re-zeroes kernel entries outside the mask."""

@@ -34,6 +34,7 @@ fan-out channels) for ER:
 """
 
 import math
+import zlib
 
 import keras
 import numpy as np
@@ -42,8 +43,11 @@ __all__ = [
     "MaskedWeight",
     "masked_weights",
     "get_masks",
+    "random_mask",
     "resolve_keys",
     "seed_name",
+    "variable_value",
+    "weight_seed",
 ]
 
 
@@ -237,6 +241,62 @@ def resolve_keys(weights, names, argument):
                 f"Masked weights: {list(by_key)}. Received: {argument}={name!r}"
             )
     return resolved
+
+
+def variable_value(variable):
+    """The backend variable behind a Keras variable (or the argument itself).
+
+    Traced graphs read and assign through it; a `MirroredVariable` under a
+    `tf.distribute` strategy stays one.
+    """
+    if isinstance(variable, keras.Variable):
+        return variable.value
+    return variable
+
+
+def weight_seed(seed, name):
+    """A per-weight seed from the user seed and a stable digest of `name`.
+
+    `zlib.crc32`, unlike Python's salted `hash`, is the same in every
+    process, so every worker draws the same masks.
+
+    Example:
+
+    >>> weight_seed(0, "fc1/kernel") == weight_seed(0, "fc1/kernel")
+    True
+    """
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**31 - 1)
+
+
+def random_mask(shape, num_zeros, seed):
+    """A 0/1 float32 mask of `shape` with exactly `num_zeros` zeros.
+
+    Args:
+        shape: The mask's shape.
+        num_zeros: Integer in `[0, prod(shape)]`.
+        seed: Integer seed; the same seed gives the same mask.
+
+    Returns:
+        A NumPy float32 array.
+
+    Raises:
+        ValueError: If `num_zeros` is outside `[0, prod(shape)]`.
+
+    Example:
+
+    >>> int((random_mask((4, 5), 7, seed=0) == 0).sum())
+    7
+    """
+    size = int(np.prod(shape))
+    if not 0 <= num_zeros <= size:
+        raise ValueError(
+            f"`num_zeros` must be in [0, {size}] for shape {tuple(shape)}. "
+            f"Received: num_zeros={num_zeros}"
+        )
+    mask = np.ones(size, np.float32)
+    order = np.random.default_rng(seed).permutation(size)
+    mask[order[:num_zeros]] = 0.0
+    return mask.reshape(shape)
 
 
 def seed_name(weight, model):

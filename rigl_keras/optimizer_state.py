@@ -18,6 +18,7 @@ import tensorflow as tf
 
 __all__ = [
     "OPTIMIZER_STATE",
+    "base_optimizer",
     "register_optimizer_state",
     "optimizer_state_slots",
     "check_optimizer_supported",
@@ -85,8 +86,12 @@ def register_optimizer_state(optimizer_class, slots):
     OPTIMIZER_STATE[optimizer_class] = list(slots)
 
 
-def _base_optimizer(optimizer):
-    """The optimizer that owns the state (unwraps `LossScaleOptimizer`)."""
+def base_optimizer(optimizer):
+    """The optimizer that owns the per-weight state.
+
+    Unwraps `keras.optimizers.LossScaleOptimizer` (and any wrapper with an
+    `inner_optimizer`).
+    """
     while hasattr(optimizer, "inner_optimizer"):
         optimizer = optimizer.inner_optimizer
     return optimizer
@@ -112,7 +117,7 @@ def check_optimizer_supported(optimizer):
 
     >>> check_optimizer_supported(keras.optimizers.Adam())
     """
-    base = _base_optimizer(optimizer)
+    base = base_optimizer(optimizer)
     if _known_slots(base) is None:
         known = sorted(cls.__name__ for cls in OPTIMIZER_STATE)
         raise ValueError(
@@ -174,7 +179,7 @@ def optimizer_state_slots(optimizer, variable):
         ValueError: If the optimizer's state is unknown.
     """
     check_optimizer_supported(optimizer)
-    base = _base_optimizer(optimizer)
+    base = base_optimizer(optimizer)
     index = base._get_variable_index(variable)
     slots = []
     for attribute, reset_value in _known_slots(base):

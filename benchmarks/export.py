@@ -4,7 +4,7 @@ For each model (LeNet-300-100 on 784 features; the small CNN of
 `benchmarks/overhead.py` on 28x28x1 images) and each global sparsity
 (default 0%, 90%, 95%, 98%; ERK over the masked layers via
 `rigl_keras.sparsity_distribution`, random masks via
-`rigl_keras.callbacks.random_mask`, Glorot-initialized kernels times the
+`rigl_keras.masking.random_mask`, Glorot-initialized kernels times the
 mask, small random biases: no training, but realistic non-zeros) the
 benchmark
 
@@ -68,7 +68,7 @@ try:
 except ImportError:  # Run from a checkout: `python benchmarks/export.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras  # pylint: disable=wrong-import-position
-from rigl_keras.callbacks import random_mask  # pylint: disable=wrong-import-position
+from rigl_keras.masking import random_mask  # pylint: disable=wrong-import-position
 
 try:
     import _common  # pylint: disable=wrong-import-position

@@ -92,7 +92,7 @@ try:
 except ImportError:  # Run from a checkout: `python benchmarks/overhead.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras
-from rigl_keras.callbacks import random_mask
+from rigl_keras.masking import random_mask
 
 try:
     import _common

@@ -384,10 +384,12 @@ def mirrored_worker(devices, steps_per_epoch, epochs, repeats, update_freq, seed
             super().__init__(**kwargs)
             self.update_seconds = []
 
-        def _on_update_step(self, step):
+        def on_train_batch_end(self, batch, logs=None):
+            due = self.next_update_step
             start = time.perf_counter()
-            super()._on_update_step(step)
-            self.update_seconds.append(time.perf_counter() - start)
+            super().on_train_batch_end(batch, logs)
+            if due is not None and self.next_update_step != due:
+                self.update_seconds.append(time.perf_counter() - start)
 
     class BatchStart(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):

@@ -12,6 +12,7 @@ from rigl_keras import flops
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
+from rigl_keras.callbacks import GradualPruningCallback
 from rigl_keras.callbacks import RigLCallback
 from rigl_keras.custom_loop import CustomLoop
 from rigl_keras.distributions import sparsity_distribution
@@ -23,7 +24,6 @@ from rigl_keras.layers import MaskedDense
 from rigl_keras.layers import masked_layers
 from rigl_keras.masking import get_masks
 from rigl_keras.masking import masked_weights
-from rigl_keras.pruning import GradualPruningCallback
 from rigl_keras.report import SparsityReport
 from rigl_keras.report import sparsity_report
 from rigl_keras.sparsify import SparsifiableLayer

@@ -6,9 +6,9 @@ the supported path for `MultiWorkerMirroredStrategy`, where Keras 3's `fit`
 does not work), `CustomLoop` calls them: `begin()` once before the first
 step, `step()` after every optimizer step, `end()` at the end.
 
-The masked layers record the dense gradient themselves when called with
-`training=True` inside the tape, so the train step needs nothing else; it
-must only be traced *after* `begin()` (which attaches the recorders).
+The optimizer's `apply` masks the gradients and records the dense gradient
+an update needs (`rigl_keras.gradients`), so the train step needs nothing
+else; it must only be traced *after* `begin()`, which sets that up.
 
 Example:
 
@@ -40,7 +40,7 @@ loop.end()
 ```
 """
 
-from rigl_keras import callbacks as callbacks_lib
+from rigl_keras import engine as engine_lib
 
 __all__ = ["CustomLoop"]
 
@@ -55,11 +55,15 @@ def _is_multi_worker(strategy):
 class CustomLoop:
     """Runs a `RigLCallback` or `GradualPruningCallback` without `fit`.
 
+    A thin adapter over the callback's mask engine
+    (`rigl_keras.engine.MaskEngine`): `begin`, `step`, `logs` and `end` are
+    its step API.
+
     Args:
-        callback: A `rigl_keras.callbacks.MaskCallback` (`RigLCallback`,
-            `GradualPruningCallback`). Its `end_step` must be set: there is
-            no `fit()` call to take 75% of.
-        model: The Keras model with masked layers.
+        callback: A `rigl_keras.RigLCallback` or
+            `rigl_keras.GradualPruningCallback` (or their engine). Its
+            `end_step` must be set: there is no `fit()` call to take 75% of.
+        model: The Keras model with masked weights.
         optimizer: The optimizer the loop applies gradients with (its
             `iterations` counts the steps); defaults to `model.optimizer`.
         steps_per_call: Optimizer steps each `step()` call stands for (use
@@ -83,12 +87,13 @@ class CustomLoop:
     """
 
     def __init__(self, callback, model, optimizer=None, steps_per_call=1):
-        if not isinstance(callback, callbacks_lib.MaskCallback):
+        engine = getattr(callback, "engine", callback)
+        if not isinstance(engine, engine_lib.MaskEngine):
             raise ValueError(
                 "`callback` must be a rigl_keras RigLCallback or "
                 f"GradualPruningCallback. Received: callback={callback!r}"
             )
-        if callback.end_step is None and callback.update_freq is not None:
+        if engine.end_step is None and engine.update_freq is not None:
             raise ValueError(
                 "In a custom loop the callback needs an explicit `end_step` "
                 "(there is no fit() call to take 75% of). "
@@ -100,16 +105,12 @@ class CustomLoop:
                 f"Pass the optimizer: model '{model.name}' has none. "
                 "Received: optimizer=None"
             )
-        if (
-            not isinstance(steps_per_call, int)
-            or isinstance(steps_per_call, bool)
-            or steps_per_call < 1
-        ):
+        if not engine_lib.is_int(steps_per_call) or steps_per_call < 1:
             raise ValueError(
                 "`steps_per_call` must be an integer >= 1. "
                 f"Received: steps_per_call={steps_per_call!r}"
             )
-        if getattr(callback, "seed", 0) is None and _is_multi_worker(
+        if getattr(engine, "seed", 0) is None and _is_multi_worker(
             model.distribute_strategy
         ):
             raise ValueError(
@@ -117,34 +118,22 @@ class CustomLoop:
                 "to the callback on every worker: each worker draws the "
                 "initial masks itself. Received: seed=None"
             )
+        # It raises for an engine bound to another model, which must then
+        # keep driving that model with its own optimizer.
+        engine.bind(model)
         self.callback = callback
+        self.engine = engine
         self.model = model
         self.optimizer = optimizer
-        self.steps_per_call = steps_per_call
-        # set_model first: it raises for a callback bound to another model,
-        # which must then keep driving that model with its own optimizer.
-        callback.set_model(model)
-        callback._custom_loop_optimizer = optimizer  # pylint: disable=protected-access
-        callback.set_params({"steps": None, "epochs": 1, "verbose": 0})
+        self.steps_per_call = int(steps_per_call)
         self._begun = False
 
     def begin(self):
         """Initializes masks and recorders. Call before tracing the step."""
-        if not self.optimizer.built:
-            # Slot variables must be created in the strategy's scope
-            # (MultiWorkerMirroredStrategy and MirroredStrategy require it).
-            with self.model.distribute_strategy.scope():
-                self.optimizer.build(self.model.trainable_variables)
-        # The callback checks `update_freq` and `begin_step` against the
-        # model's steps_per_execution; lend it steps_per_call for that check
-        # and leave the model's own setting (used by fit) as it was.
-        previous = getattr(self.model, "steps_per_execution", 1)
-        self.model.steps_per_execution = self.steps_per_call
-        try:
-            self.callback.on_train_begin()
-        finally:
-            self.model.steps_per_execution = previous
-        self.callback.on_epoch_begin(0)
+        self.engine.begin(
+            self.model, self.optimizer, steps_per_call=self.steps_per_call
+        )
+        self.engine.start_epoch(0)
         self._begun = True
 
     def step(self):
@@ -153,6 +142,9 @@ class CustomLoop:
         Call it after every call of your train step (eagerly, outside any
         `tf.function`), so that no update step is skipped.
 
+        Returns:
+            Whether the masks were updated.
+
         Raises:
             RuntimeError: If `begin()` was not called.
             ValueError: If an update step fell inside one call of several
@@ -160,16 +152,12 @@ class CustomLoop:
         """
         if not self._begun:
             raise RuntimeError("Call CustomLoop.begin() before the first step().")
-        done = callbacks_lib._read_step(self.optimizer.iterations)  # pylint: disable=protected-access
-        start = self.callback._epoch_start_step  # pylint: disable=protected-access
-        self.callback.on_train_batch_end(done - start - 1)
+        return self.engine.after_step()
 
     def logs(self):
         """The numbers the callback would write into the epoch logs."""
-        logs = {}
-        self.callback.on_epoch_end(0, logs)
-        return logs
+        return self.engine.logs()
 
     def end(self):
         """Ends training with the callback (stops gradient recording)."""
-        self.callback.on_train_end()
+        self.engine.end()

@@ -1,7 +1,8 @@
-"""`GradualPruningCallback`: gradual magnitude pruning (Zhu & Gupta 2017).
+"""`GradualPruningEngine`: gradual magnitude pruning (Zhu & Gupta 2017).
 
-The dense-to-sparse baseline of the RigL paper. Training starts dense (every
-mask all ones) and the callback
+The dense-to-sparse baseline of the RigL paper, run in `model.fit` by
+`rigl_keras.GradualPruningCallback`. Training starts dense (every mask all
+ones) and the engine
 
 * at the start of training prunes each masked layer to the initial sparsity
   (nothing when `initial_sparsity=0`);
@@ -24,17 +25,16 @@ Steps are counted with `model.optimizer.iterations`, as in
 `rigl_keras.RigLCallback`.
 """
 
-
-import keras
 import tensorflow as tf
 
-from rigl_keras import callbacks as callbacks_lib
 from rigl_keras import distributions
+from rigl_keras import engine as engine_lib
+from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import updaters
 
-__all__ = ["GradualPruningCallback"]
+__all__ = ["GradualPruningEngine"]
 
 # Zhu & Gupta's exponent of the sparsity schedule.
 _POWER = 3
@@ -52,61 +52,28 @@ def _next_pruning_step(step, begin_step, end_step, update_freq):
     """
     if step < begin_step:
         return begin_step
-    candidate = callbacks_lib._next_update_step(  # pylint: disable=protected-access
-        step, begin_step, end_step, update_freq
-    )
+    candidate = engine_lib.next_update_step(step, begin_step, end_step, update_freq)
     if candidate is None and step < end_step:
         candidate = end_step
     return candidate
 
 
-@keras.saving.register_keras_serializable(package="rigl_keras")
-class GradualPruningCallback(callbacks_lib.MaskCallback):
-    """Prunes a model with masked layers gradually, by weight magnitude.
+class GradualPruningEngine(engine_lib.MaskEngine):
+    """The mask engine of gradual magnitude pruning.
 
-    See the module docstring for the schedule. The number of zeros of layer
-    `l` after a pruning step is exactly `floor(s_t,l * N_l)`
-    (`rigl_keras.distributions.layer_zero_counts`), unless the layer was
-    already sparser (masks never grow). Ties in `|W|` are broken by a seeded
-    random order (the same on every run and replica). Layers whose final
-    target is 0 are never touched.
-
-    Args:
-        sparsity: Final overall fraction of zeros over all masked kernels,
-            in `[0, 1)`. Ignored when `distribution` is a dict.
-        distribution: `"uniform"`, `"er"` or `"erk"` (how `sparsity` is
-            spread over layers), or a dict `{layer_name: final_sparsity}`
-            (layers not named stay dense).
-        begin_step: Optimizer step at which pruning starts (>= 0).
-        end_step: Optimizer step at which the final sparsity is reached,
-            greater than `begin_step`; `None` means 75% of the optimizer
-            steps of this `fit()` call.
-        update_freq: Optimizer steps between pruning steps (>= 1).
-        initial_sparsity: Sparsity `s_i` of the schedule at `begin_step`, in
-            `[0, sparsity]`; the model is pruned to it when training starts.
-            A layer whose final target is lower starts at its final target.
-        dense_layers: Names of masked layers to keep dense (within the
-            budget for ER/ERK).
-        erk_power_scale: Exponent of the ERK raw scores.
-        verbose: 0 (silent) or 1 (one line per pruning step).
+    Takes the arguments of `rigl_keras.GradualPruningCallback` (see there).
 
     Raises:
         ValueError: For any argument outside its allowed range.
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((20,)),
-    ...     rigl_keras.MaskedDense(64, activation="relu"),
-    ...     rigl_keras.MaskedDense(1)])
-    >>> model.compile("sgd", "mse")
-    >>> x, y = np.random.rand(256, 20), np.random.rand(256, 1)
-    >>> history = model.fit(x, y, epochs=4, verbose=0, callbacks=[
-    ...     rigl_keras.GradualPruningCallback(
-    ...         sparsity=0.8, distribution="uniform", update_freq=4)])
-    >>> round(history.history["sparsity"][-1], 2)
-    0.8
+    >>> engine = GradualPruningEngine(sparsity=0.8, update_freq=10)
+    >>> engine.initial_sparsity
+    0.0
     """
+
+    owner_name = "GradualPruningCallback"
 
     def __init__(
         self,
@@ -131,7 +98,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
             verbose,
         )
         if (
-            not callbacks_lib._is_real(initial_sparsity)  # pylint: disable=protected-access
+            not engine_lib.is_real(initial_sparsity)
             or not 0.0 <= initial_sparsity <= sparsity
         ):
             raise ValueError(
@@ -142,40 +109,20 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         self._schedules = None
 
     # ------------------------------------------------------------------
-    # Serialization.
-
-    def get_config(self):
-        return {
-            "sparsity": self.sparsity,
-            "distribution": self.distribution,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "update_freq": self.update_freq,
-            "initial_sparsity": self.initial_sparsity,
-            "dense_layers": list(self.dense_layers),
-            "erk_power_scale": self.erk_power_scale,
-            "verbose": self.verbose,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    # ------------------------------------------------------------------
     # Public state.
 
     @property
     def sparsity_schedules(self):
-        """`{layer_name: PolynomialSparsity}` of the pruned layers.
+        """`{weight key: PolynomialSparsity}` of the pruned weights.
 
         Resolved at the first epoch of `fit()` (`None` before).
         """
         return None if self._schedules is None else dict(self._schedules)
 
     def target_sparsities_at(self, step):
-        """`{layer_name: s_t,l}` the schedule prescribes at optimizer `step`.
+        """`{weight key: s_t,l}` the schedule prescribes at optimizer `step`.
 
-        Layers with final target 0 map to 0.0. Available once the schedule
+        Weights with final target 0 map to 0.0. Available once the schedule
         is resolved (first epoch of `fit()`).
         """
         if self._schedules is None:
@@ -191,7 +138,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         }
 
     # ------------------------------------------------------------------
-    # Hooks of MaskCallback.
+    # Hooks of MaskEngine.
 
     def _aligned_arguments(self):
         return super()._aligned_arguments() + (("end_step", self.end_step or 0),)
@@ -208,8 +155,8 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
 
     def _start_window(self, epoch):
         """Resolves end_step and the schedules, then prunes to s_t0."""
-        self._end_step = self._resolve_end_step(epoch)
-        if self._end_step is None:
+        self._resolved_end_step = self._resolve_end_step(epoch)
+        if self._resolved_end_step is None:
             raise ValueError(
                 "GradualPruningCallback(end_step=None) resolved end_step to a "
                 "step not after begin_step (75% of the steps of this fit() "
@@ -220,7 +167,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
             w.key: schedules.PolynomialSparsity(
                 self._targets[w.key],
                 self.begin_step,
-                self._end_step,
+                self._resolved_end_step,
                 initial_sparsity=min(self.initial_sparsity, self._targets[w.key]),
                 power=_POWER,
             )
@@ -234,7 +181,9 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         self._schedule_next_update(self._epoch_start_step)
 
     def _next_step_after(self, step):
-        return _next_pruning_step(step, self.begin_step, self._end_step, self.update_freq)
+        return _next_pruning_step(
+            step, self.begin_step, self._resolved_end_step, self.update_freq
+        )
 
     def _on_update_step(self, step):
         self._prune(step)
@@ -244,7 +193,7 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
 
     def _build_update_function(self):
         seeds = [
-            callbacks_lib._layer_seed(_TIE_BREAK_SEED, self._seed_names[w.key])  # pylint: disable=protected-access
+            masking.weight_seed(_TIE_BREAK_SEED, self._seed_names[w.key])
             for w in self._pruned
         ]
 
@@ -273,11 +222,11 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
         pruned = tf.logical_and(active, tf.logical_not(kept))
         weight.mask.assign(tf.cast(kept, mask.dtype))
         weight.variable.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
-        optimizer_state.reset_optimizer_state(self._optimizer, weight.variable, pruned)
+        optimizer_state.reset_optimizer_state(self.optimizer, weight.variable, pruned)
         return {
             "finite": finite,
-            "pruned": callbacks_lib._count_true(pruned),  # pylint: disable=protected-access
-            "zeros": callbacks_lib._count_true(tf.logical_not(kept)),  # pylint: disable=protected-access
+            "pruned": engine_lib.count_true(pruned),
+            "zeros": engine_lib.count_true(tf.logical_not(kept)),
         }
 
     def _prune(self, step):
@@ -300,5 +249,5 @@ class GradualPruningCallback(callbacks_lib.MaskCallback):
             print(
                 f"GradualPruningCallback: step {step}: {total_pruned} "
                 f"connections pruned, sparsity "
-                f"{callbacks_lib._overall_sparsity(self._zero_counts, self._weights):.4f}"  # pylint: disable=protected-access
+                f"{engine_lib.overall_sparsity(self._zero_counts, self._weights):.4f}"
             )

@@ -530,14 +530,13 @@ def _end_step(config, total_steps):
 def _sparse_callback(config, total_steps):
     """The method's callback (or None), from the registry entry."""
     from rigl_keras import callbacks as callbacks_lib
-    from rigl_keras import pruning
 
     method = METHODS[config.method]
     if not method.masked:
         return None
     end_step = _end_step(config, total_steps)
     if method.prune:
-        return pruning.GradualPruningCallback(
+        return callbacks_lib.GradualPruningCallback(
             sparsity=config.sparsity,
             distribution=config.distribution,
             begin_step=0,

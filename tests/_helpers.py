@@ -66,3 +66,82 @@ def by_layer(mapping):
         assert name not in out, f"two masked weights in layer {name!r}"
         out[name] = value
     return out
+
+
+def optimizer_step(model):
+    """The model's optimizer step count, read from the device."""
+    return int(as_numpy(model.optimizer.iterations))
+
+
+class SpiedRigL(rigl_keras.RigLCallback):
+    """A `RigLCallback` that calls `before_update(step)` / `after_update(step)`
+    around each of its mask updates in `fit()`, seen through public API only
+    (`next_update_step`); `update_steps` lists the steps updated, over
+    all its `fit()` calls."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.update_steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        due = self.next_update_step
+        if due is None or optimizer_step(self.model) != due:
+            super().on_train_batch_end(batch, logs)
+            return
+        self.before_update(due)
+        super().on_train_batch_end(batch, logs)
+        self.update_steps.append(due)
+        self.after_update(due)
+
+    def before_update(self, step):
+        """Called before the mask update at optimizer step `step`."""
+
+    def after_update(self, step):
+        """Called after the mask update at optimizer step `step`."""
+
+
+def small_transformer(vocab=50, length=8, dim=16, classes=10, name="transformer"):
+    """Functional: Embedding, one MultiHeadAttention block, Dense feed-forward.
+
+    Tokens `(length,)` -> `embed` (vocab x dim) -> `mha` (2 heads of
+    dim // 2, self-attention) + residual -> `ln` -> `ff1` (2 * dim, relu)
+    -> `ff2` (dim) + residual -> mean over positions -> `head` (classes).
+    """
+    layers = keras.layers
+    tokens = keras.Input((length,), dtype="int32")
+    h = layers.Embedding(vocab, dim, name="embed")(tokens)
+    h = layers.LayerNormalization(name="ln")(
+        h + layers.MultiHeadAttention(2, dim // 2, name="mha")(h, h))
+    ff = layers.Dense(2 * dim, activation="relu", name="ff1")(h)
+    h = h + layers.Dense(dim, name="ff2")(ff)
+    outputs = layers.Dense(classes, name="head")(layers.GlobalAveragePooling1D()(h))
+    return keras.Model(tokens, outputs, name=name)
+
+
+def small_conv_net(size=12, classes=4, name="convnet"):
+    """Functional: Conv2D, DepthwiseConv2D, SeparableConv2D, Dense.
+
+    `(size, size, 3)` -> `conv` (8 filters 3x3, same, relu) -> `dw`
+    (depthwise 3x3, same, relu) -> `sep` (16 filters 3x3, stride 2, same,
+    relu) -> mean over positions -> `head` (classes).
+    """
+    layers = keras.layers
+    images = keras.Input((size, size, 3))
+    h = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(images)
+    h = layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(h)
+    h = layers.SeparableConv2D(16, 3, strides=2, padding="same", activation="relu",
+                               name="sep")(h)
+    outputs = layers.Dense(classes, name="head")(layers.GlobalAveragePooling2D()(h))
+    return keras.Model(images, outputs, name=name)
+
+
+def keep_first(weight, n_active):
+    """Sets `weight`'s mask to its first `n_active` entries (flat order).
+
+    `weight` is a `rigl_keras.masked_weights` entry; the inactive entries
+    of the variable are then set to 0.0.
+    """
+    mask = np.zeros(weight.size, np.float32)
+    mask[:n_active] = 1.0
+    weight.mask.assign(mask.reshape(weight.shape))
+    weight.apply_mask()

@@ -4,8 +4,8 @@ Most tests train a tiny MLP (20 -> 32 -> 16 -> 4, three `MaskedDense`
 layers) on 160 random samples with batch size 16, i.e. 10 optimizer steps
 per epoch, and watch it with two instruments:
 
-* `_RecordingRigL`, a `RigLCallback` that records the steps at which its
-  `_update_masks` runs;
+* `SpiedRigL` (tests/_helpers.py), a `RigLCallback` that records the steps
+  at which it updates masks;
 * `_MaskTracker`, a callback placed after it that snapshots the masks after
   every execution and records every step at which a mask changed, a zero
   count differed from the start, or an inactive kernel entry was not 0.0.
@@ -35,6 +35,7 @@ from rigl_keras import optimizer_state
 from rigl_keras import schedules
 
 import _helpers  # tests/_helpers.py
+from _helpers import SpiedRigL
 from _helpers import by_layer
 
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -112,18 +113,6 @@ def _kernels(model):
 
 def _zero_counts(masks):
     return {name: int(np.sum(mask == 0)) for name, mask in masks.items()}
-
-
-class _RecordingRigL(rigl_keras.RigLCallback):
-    """A RigLCallback that records the steps at which it updates masks."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.update_steps = []
-
-    def _update_masks(self, step):
-        self.update_steps.append(step)
-        super()._update_masks(step)
 
 
 class _MaskTracker(keras.callbacks.Callback):
@@ -299,7 +288,7 @@ def test_resumed_mask_with_other_count_is_kept_with_warning():
 
 def test_updates_exactly_on_schedule_and_frozen_after_end_step():
     model = _mlp()
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=3, begin_step=4, end_step=20,
         drop_fraction=0.3, drop_fraction_schedule="constant", seed=0,
     )
@@ -324,7 +313,7 @@ def test_updates_exactly_on_schedule_and_frozen_after_end_step():
 
 def test_drop_fraction_log_is_cosine_value_at_last_update():
     model = _mlp()
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=4, end_step=25, drop_fraction=0.3, seed=0
     )
     history = _fit(model, [rigl], epochs=3)
@@ -341,19 +330,19 @@ def test_drop_fraction_log_is_cosine_value_at_last_update():
 
 def test_end_step_none_is_75_percent_of_this_fit():
     model = _mlp()
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=3, drop_fraction_schedule="constant", seed=0
     )
     tracker = _MaskTracker()
     _fit(model, [rigl, tracker], epochs=3)
-    assert rigl._end_step == int(0.75 * 3 * _STEPS_PER_EPOCH) == 22
+    assert rigl.resolved_end_step == int(0.75 * 3 * _STEPS_PER_EPOCH) == 22
     assert rigl.update_steps == _expected_updates(0, 22, 3, 30)
     assert tracker.changed_steps[-1] == 21
     assert tracker.violations == []
     # A second fit() counts from where it starts: 30 + 0.75 * 20 = 45.
     rigl.update_steps = []
     _fit(model, [rigl], epochs=2)
-    assert rigl._end_step == 45
+    assert rigl.resolved_end_step == 45
     assert rigl.update_steps == _expected_updates(0, 45, 3, 50)[-5:]
     assert rigl.update_steps == [33, 36, 39, 42, 45]
 
@@ -365,10 +354,10 @@ def test_end_step_none_with_initial_epoch_keeps_uninterrupted_end_step():
     masks = _masks(model)
     # Resumed at epoch 1 of 3 by a fresh callback: the end step is that of
     # an uninterrupted 3-epoch run, 0.75 * 30 = 22, and the masks are kept.
-    resumed = _RecordingRigL(sparsity=0.8, update_freq=3, seed=1)
+    resumed = SpiedRigL(sparsity=0.8, update_freq=3, seed=1)
     tracker = _MaskTracker()
     _fit(model, [resumed, tracker], epochs=3, initial_epoch=1)
-    assert resumed._end_step == 22
+    assert resumed.resolved_end_step == 22
     assert resumed.update_steps == [12, 15, 18, 21]
     for name, mask in tracker.initial.items():
         np.testing.assert_array_equal(mask, masks[name])
@@ -388,7 +377,7 @@ def test_verbose_prints_one_line_per_update(capsys):
 
 def test_steps_per_execution_equal_to_update_freq():
     model = _mlp(steps_per_execution=5)
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=5, end_step=25,
         drop_fraction_schedule="constant", seed=0,
     )
@@ -410,7 +399,7 @@ def test_optimizer_steps_skipped_by_loss_scale_optimizer():
     x, y = _data()
     model = _mlp(optimizer=keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(0.01), initial_scale=2.0**127))
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=4, end_step=24,
         drop_fraction_schedule="constant", seed=0,
     )
@@ -445,7 +434,7 @@ def test_steps_per_execution_not_dividing_raises(
 
 def test_static_sparse_training_keeps_masks_fixed():
     model = _mlp()
-    rigl = _RecordingRigL(sparsity=0.8, update_freq=None, seed=0)
+    rigl = SpiedRigL(sparsity=0.8, update_freq=None, seed=0)
     tracker = _MaskTracker()
     history = _fit(model, [rigl, tracker], epochs=3)
     assert rigl.update_steps == []
@@ -460,7 +449,7 @@ def test_static_sparse_training_keeps_masks_fixed():
 @pytest.mark.parametrize("grow", ["random", "momentum"])
 def test_set_and_snfs_keep_counts_exact(grow):
     model = _mlp(optimizer=keras.optimizers.Adam(0.01))
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=4, end_step=24, grow=grow,
         drop_fraction_schedule="constant", seed=0,
     )
@@ -557,21 +546,22 @@ def test_optimizer_state_reset_at_grown_and_dropped(make_optimizer, n_slots):
 # ---------------------------------------------------------------------------
 
 
-class _PoisonedRigL(rigl_keras.RigLCallback):
+class _PoisonedRigL(SpiedRigL):
     """Writes a NaN (first update) or inf (later) into fc1's dense gradient."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.before, self.after = {}, {}
 
-    def _update_masks(self, step):
-        (key,) = [k for k in self._recorders if k.endswith("/fc1/kernel")]
-        recorder = self._recorders[key]
+    def before_update(self, step):
+        (key,) = [k for k in self.recorders if k.endswith("/fc1/kernel")]
+        recorder = self.recorders[key]
         gradient = _numpy(recorder.gradient).copy()
         gradient[3, 5] = np.nan if not self.before else np.inf
         recorder.gradient.assign(gradient)
         self.before[step] = (_masks(self.model), _kernels(self.model))
-        super()._update_masks(step)
+
+    def after_update(self, step):
         self.after[step] = (_masks(self.model), _kernels(self.model))
 
 
@@ -606,7 +596,7 @@ def test_non_finite_dense_gradient_skips_only_that_layer():
 
 def test_drop_fraction_log_is_zero_in_epochs_without_update():
     model = _mlp()
-    rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=14, seed=0)
+    rigl = SpiedRigL(sparsity=0.8, update_freq=4, end_step=14, seed=0)
     history = _fit(model, [rigl], epochs=3)
     assert rigl.update_steps == [4, 8, 12]
     assert history.history["drop_fraction"][0] > 0
@@ -644,7 +634,7 @@ def test_itop_rate_and_churn_logs_match_the_masks():
     connections newly grown at the epoch's last update: both from masks
     snapshotted after every step."""
     model = _mlp()
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=3, drop_fraction_schedule="constant", seed=0
     )
     tracker = _MaskTracker()
@@ -675,16 +665,16 @@ def test_itop_rate_and_churn_logs_match_the_masks():
 def test_dataset_with_known_cardinality_matches_numpy():
     x, y = _data()
     numpy_model = _mlp()
-    numpy_rigl = _RecordingRigL(sparsity=0.8, update_freq=3, seed=0)
+    numpy_rigl = SpiedRigL(sparsity=0.8, update_freq=3, seed=0)
     _fit(numpy_model, [numpy_rigl], x, y, epochs=2)
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(_BATCH)
     data_model = _mlp()
-    data_rigl = _RecordingRigL(sparsity=0.8, update_freq=3, seed=0)
+    data_rigl = SpiedRigL(sparsity=0.8, update_freq=3, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data_model.fit(dataset, epochs=2, verbose=0, callbacks=[data_rigl])
-    assert data_rigl._end_step == numpy_rigl._end_step == 15
+    assert data_rigl.resolved_end_step == numpy_rigl.resolved_end_step == 15
     assert data_rigl.update_steps == numpy_rigl.update_steps == [3, 6, 9, 12, 15]
     numpy_masks, data_masks = _masks(numpy_model), _masks(data_model)
     for name in numpy_masks:
@@ -712,7 +702,7 @@ def test_dataset_of_unknown_cardinality_needs_end_step():
 
 def test_dataset_of_unknown_cardinality_with_end_step():
     model = _mlp()
-    rigl = _RecordingRigL(
+    rigl = SpiedRigL(
         sparsity=0.8, update_freq=3, end_step=14,
         drop_fraction_schedule="constant", seed=0,
     )
@@ -1001,7 +991,7 @@ def test_steps_between_updates_run_a_train_function_without_recording():
     """With steps_per_execution=1 the callback keeps two traced train
     functions and runs the recording one only on update steps."""
     model = _mlp()
-    rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=20, seed=0)
+    rigl = SpiedRigL(sparsity=0.8, update_freq=4, end_step=20, seed=0)
     functions = []
 
     class _FunctionSpy(keras.callbacks.Callback):
@@ -1025,7 +1015,7 @@ def test_callback_reused_after_recompile_trains_the_recompiled_model(new_optimiz
     fit runs the new train function (new loss, new optimizer), records on
     the new optimizer's steps and resets the new optimizer's state."""
     model = _mlp()
-    rigl = _RecordingRigL(sparsity=0.8, update_freq=4, end_step=1000, seed=0)
+    rigl = SpiedRigL(sparsity=0.8, update_freq=4, end_step=1000, seed=0)
     _fit(model, [rigl], epochs=1)
     optimizer = (
         keras.optimizers.SGD(0.05, momentum=0.9) if new_optimizer else model.optimizer

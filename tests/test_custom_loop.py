@@ -24,8 +24,9 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras
-from _helpers import by_layer  # tests/_helpers.py
-from rigl_keras import callbacks as callbacks_lib
+from _helpers import SpiedRigL  # tests/_helpers.py
+from _helpers import by_layer
+from rigl_keras import masking
 from rigl_keras import custom_loop as custom_loop_lib
 
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -68,19 +69,7 @@ def _zeros(model):
     return {name: int(np.sum(m == 0)) for name, m in _masks(model).items()}
 
 
-class _RecordingRigL(rigl_keras.RigLCallback):
-    """Records the optimizer steps at which the masks are updated."""
-
-    def on_train_begin(self, logs=None):
-        self.update_steps = []
-        super().on_train_begin(logs)
-
-    def _on_update_step(self, step):
-        self.update_steps.append(step)
-        super()._on_update_step(step)
-
-
-def _rigl(cls=_RecordingRigL, **kwargs):
+def _rigl(cls=SpiedRigL, **kwargs):
     config = dict(
         sparsity=0.8, update_freq=2, end_step=10, drop_fraction=0.3,
         drop_fraction_schedule="constant", seed=3,
@@ -149,7 +138,9 @@ def _loop(callback, epochs=2, steps_per_call=1, training=True):
     for start in range(0, len(batches), steps_per_call):
         chunk = batches[start:start + steps_per_call]
         train_step(np.stack([c[0] for c in chunk]), np.stack([c[1] for c in chunk]))
-        loop.step()
+        due = loop.engine.next_update_step
+        if loop.step() and isinstance(callback, SpiedRigL):
+            callback.update_steps.append(due)
         zeros[start + steps_per_call] = _zeros(model)
     return model, loop, zeros
 
@@ -207,9 +198,26 @@ def test_masks_change_at_update_steps_only():
             changed.append(step)
         masks = new
     assert changed == [2, 4, 6, 8, 10]
+
+
+def test_end_stops_recording_while_updates_are_still_due():
+    callback = _rigl()
+    x, y = _data()
+    model, optimizer, loop = _begun_loop(callback)
+
+    @tf.function
+    def train_step(xb, yb):
+        _sgd_step(model, optimizer, xb, yb)
+
+    for _ in range(3):
+        train_step(x[:_BATCH], y[:_BATCH])
+        loop.step()
+    assert loop.engine.next_update_step == 4
     loop.end()
-    # end() stops the recording (nothing recorded outside training).
-    assert int(np.asarray(callback._record_step)) == -1  # pylint: disable=protected-access
+    # Step 4 was due a recording; after end() it records nothing.
+    train_step(x[:_BATCH], y[:_BATCH])
+    gradients = [np.asarray(r.gradient) for r in callback.recorders.values()]
+    assert gradients and not any(np.any(g) for g in gradients)
 
 
 def test_steps_per_call_runs_several_steps_per_call():
@@ -260,10 +268,10 @@ def test_static_sparse_training_needs_no_end_step():
     model, _, zeros = _loop(callback, epochs=1)
     assert all(z == _ERK_ZEROS for z in zeros.values())
     initial = {
-        name: callbacks_lib.random_mask(
+        name: masking.random_mask(
             m.shape, _ERK_ZEROS[name],
             # Seeds are keyed by the weight's path below the model.
-            callbacks_lib._layer_seed(3, f"{name}/kernel"),  # pylint: disable=protected-access
+            masking.weight_seed(3, f"{name}/kernel"),
         )
         for name, m in _masks(model).items()
     }

@@ -40,6 +40,7 @@ def _step(model):
 
 
 _masks = _helpers.mask_arrays
+SpiedRigL = _helpers.SpiedRigL
 
 
 _data = _helpers.regression_data
@@ -199,19 +200,10 @@ def test_non_finite_kernel_at_update_skips_that_layer_and_warns_once():
 # ---------------------------------------------------------------------------
 
 
-class _StepsRigL(rigl_keras.RigLCallback):
-    """Records the optimizer steps of its mask updates."""
-
-    def _update_masks(self, step):
-        self.update_steps.append(step)
-        super()._update_masks(step)
-
-
 def test_second_fit_continues_the_step_count():
     model = _mlp()
-    rigl = _StepsRigL(sparsity=0.8, update_freq=4, drop_fraction_schedule="constant",
+    rigl = SpiedRigL(sparsity=0.8, update_freq=4, drop_fraction_schedule="constant",
                       seed=0)
-    rigl.update_steps = []
     snapshots = _Snapshots()
     x, y = _data()
     with warnings.catch_warnings(record=True) as caught:
@@ -219,7 +211,7 @@ def test_second_fit_continues_the_step_count():
         model.fit(x, y, batch_size=_BATCH, epochs=2, shuffle=False, verbose=0,
                   callbacks=[rigl, snapshots])
         # Steps 1..20, end_step = floor(0.75 * 20) = 15.
-        assert rigl._end_step == 15  # pylint: disable=protected-access
+        assert rigl.resolved_end_step == 15  # pylint: disable=protected-access
         assert rigl.update_steps == [4, 8, 12]
         assert sorted(snapshots.changed) == [4, 8, 12]
         first_masks = _masks(model)
@@ -229,7 +221,7 @@ def test_second_fit_continues_the_step_count():
     # Steps 21..60; end_step = 20 + floor(0.75 * 40) = 50; updates on the
     # absolute grid begin_step + k * update_freq.
     assert _step(model) == 60
-    assert rigl._end_step == 50  # pylint: disable=protected-access
+    assert rigl.resolved_end_step == 50  # pylint: disable=protected-access
     second = [24, 28, 32, 36, 40, 44, 48]
     assert rigl.update_steps == [4, 8, 12] + second
     assert sorted(snapshots.changed) == second
@@ -249,7 +241,7 @@ def test_second_fit_continues_the_step_count():
 
 def test_callback_reused_with_another_model_raises_and_changes_nothing():
     first, second = _mlp(seed=0), _mlp(seed=1)
-    rigl = _StepsRigL(sparsity=0.8, update_freq=5, end_step=40,
+    rigl = SpiedRigL(sparsity=0.8, update_freq=5, end_step=40,
                       drop_fraction_schedule="constant", seed=0)
     rigl.update_steps = []
     x, y = _data()
@@ -317,11 +309,10 @@ def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
     xa, xb = (rng.standard_normal((160, 6)).astype("float32") for _ in range(2))
     y = rng.standard_normal((160, 3)).astype("float32")
 
-    class Spy(rigl_keras.RigLCallback):
-        def _update_masks(self, step):
+    class Spy(SpiedRigL):
+        def before_update(self, step):
             (recorder,) = self.recorders.values()
             self.recorded[step] = _numpy(recorder.gradient)
-            super()._update_masks(step)
 
     class Weights(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):

@@ -112,15 +112,14 @@ class _DtypeSpyRigL(updaters.RigL):
         return scores
 
 
-class _RecordingRigL(rigl_keras.RigLCallback):
+class _RecordingRigL(_helpers.SpiedRigL):
     """Keeps the recorded dense gradient (dtype, value) of every update."""
 
-    def _update_masks(self, step):
+    def before_update(self, step):
         self.recorded[step] = {
             key.split("/")[-2]: (r.gradient.dtype, _numpy(r.gradient))
             for key, r in self.recorders.items()
         }
-        super()._update_masks(step)
 
 
 class _Tracker(keras.callbacks.Callback):

@@ -267,12 +267,11 @@ def test_gradient_accumulation_records_the_accumulated_gradient():
     model = _mlp(_OPT.SGD(0.05, momentum=0.9, gradient_accumulation_steps=k))
     x, y = _data()
 
-    class Spy(rigl_keras.RigLCallback):
-        def _update_masks(self, step):
+    class Spy(_helpers.SpiedRigL):
+        def before_update(self, step):
             raw = int(_numpy(self.model.optimizer._iterations))  # pylint: disable=protected-access
             gradients = {k.split("/")[-2]: _numpy(r.gradient) for k, r in self.recorders.items()}
             self.seen.append((step, raw, gradients))
-            super()._update_masks(step)
 
     class Weights(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -285,7 +284,7 @@ def test_gradient_accumulation_records_the_accumulated_gradient():
     _fit_checked(model, [rigl, weights], epochs=2)
     # 20 batches = 10 optimizer steps; end_step = floor(0.75 * 10) = 7.
     assert _step(model) == 10
-    assert rigl._end_step == 7  # pylint: disable=protected-access
+    assert rigl.resolved_end_step == 7  # pylint: disable=protected-access
     assert [(s, raw) for s, raw, _ in rigl.seen] == [(2, 4), (4, 8), (6, 12)]
     for step, raw, recorded in rigl.seen:
         # Batches raw-k .. raw-1 (0-based) made up optimizer step `step`;

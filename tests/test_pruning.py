@@ -78,7 +78,7 @@ def _kernels(model):
 
 def test_schedule_hand_computed():
     model = _model()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.8, distribution="uniform", begin_step=100, end_step=300,
         update_freq=10, initial_sparsity=0.2,
     )
@@ -131,7 +131,7 @@ EXPECTED_ZEROS = {
 def test_exact_zero_counts_shrinking_masks_and_magnitude_order():
     model = _model()
     _distinct_kernels(model)
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.9, distribution="uniform", begin_step=10, end_step=50, update_freq=10
     )
     _start(model, callback)
@@ -170,7 +170,7 @@ def test_exact_zero_counts_shrinking_masks_and_magnitude_order():
 
 def test_end_step_off_the_grid_is_a_pruning_step():
     model = _model()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.5, distribution="uniform", begin_step=0, end_step=25, update_freq=10
     )
     _start(model, callback)
@@ -187,7 +187,7 @@ def test_end_step_off_the_grid_is_a_pruning_step():
 
 def test_initial_sparsity_applied_at_train_begin_and_clamped_per_layer():
     model = _model()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.9, distribution={"a": 0.9, "b": 0.2}, begin_step=0, end_step=10,
         update_freq=5, initial_sparsity=0.5,
     )
@@ -202,7 +202,7 @@ def test_initial_sparsity_applied_at_train_begin_and_clamped_per_layer():
 
 def test_layer_with_zero_target_is_untouched():
     model = _model()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.5, distribution={"a": 0.5}, begin_step=0, end_step=4, update_freq=2
     )
     _start(model, callback)
@@ -216,7 +216,7 @@ def test_layer_with_zero_target_is_untouched():
 def test_optimizer_state_of_pruned_positions_is_reset():
     model = _model()
     _distinct_kernels(model)
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.5, distribution="uniform", begin_step=0, end_step=2, update_freq=2
     )
     _start(model, callback)
@@ -240,7 +240,7 @@ def test_recompiled_with_new_optimizer_resets_the_new_optimizers_state():
     model = _model()
     x = np.random.default_rng(0).random((64, 20), dtype=np.float32)
     y = np.random.default_rng(1).random((64, 10), dtype=np.float32)
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.8, distribution="uniform", begin_step=0, end_step=40, update_freq=4
     )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
@@ -263,7 +263,7 @@ def test_ties_are_broken_deterministically_with_exact_counts():
         model = _model()
         for layer in rigl_keras.masked_layers(model):
             layer.kernel.assign(np.ones(layer.kernel.shape, "float32"))
-        callback = pruning.GradualPruningCallback(
+        callback = rigl_keras.GradualPruningCallback(
             0.7, distribution="uniform", begin_step=0, end_step=1, update_freq=1
         )
         _start(model, callback)
@@ -277,7 +277,7 @@ def test_ties_are_broken_deterministically_with_exact_counts():
 
 def test_non_finite_kernel_is_skipped_with_a_warning():
     model = _model()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.5, distribution="uniform", begin_step=0, end_step=1, update_freq=1
     )
     _start(model, callback)
@@ -305,7 +305,7 @@ def test_fit_end_to_end_erk():
     keras.utils.set_random_seed(0)
     model = _model(keras.optimizers.Adam(0.01))
     x, y = _data()
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.8, begin_step=0, end_step=None, update_freq=5, verbose=1
     )
     history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[callback])
@@ -334,7 +334,7 @@ def test_fit_masks_frozen_after_end_step():
         def on_train_batch_end(self, batch, logs=None):
             masks[int(self.model.optimizer.iterations)] = _masks(self.model)
 
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.6, distribution="uniform", begin_step=0, end_step=8, update_freq=4
     )
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback, Record()])
@@ -349,7 +349,7 @@ def test_fit_masks_frozen_after_end_step():
 def test_fit_rejects_steps_per_execution_mismatch():
     model = _model(steps_per_execution=2)
     x, y = _data(64)
-    callback = pruning.GradualPruningCallback(0.5, update_freq=3, end_step=10)
+    callback = rigl_keras.GradualPruningCallback(0.5, update_freq=3, end_step=10)
     with pytest.raises(ValueError, match="steps_per_execution"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
 
@@ -357,7 +357,7 @@ def test_fit_rejects_steps_per_execution_mismatch():
 def test_fit_with_steps_per_execution():
     model = _model(steps_per_execution=2)
     x, y = _data(64)
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.5, distribution="uniform", update_freq=2, end_step=6
     )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
@@ -388,18 +388,18 @@ def test_fit_with_steps_per_execution():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pruning.GradualPruningCallback(**kwargs)
+        rigl_keras.GradualPruningCallback(**kwargs)
 
 
 def test_error_message_style():
     with pytest.raises(ValueError, match=r"Received: update_freq=0"):
-        pruning.GradualPruningCallback(0.5, update_freq=0)
+        rigl_keras.GradualPruningCallback(0.5, update_freq=0)
 
 
 def test_model_without_masked_layers_raises():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
-    callback = pruning.GradualPruningCallback(0.5, end_step=10)
+    callback = rigl_keras.GradualPruningCallback(0.5, end_step=10)
     callback.set_model(model)
     with pytest.raises(ValueError, match="no masked weight.*rigl_keras.sparsify"):
         callback.on_train_begin()
@@ -407,7 +407,7 @@ def test_model_without_masked_layers_raises():
 
 def test_dict_naming_unknown_layer_raises():
     model = _model()
-    callback = pruning.GradualPruningCallback(0.5, distribution={"zzz": 0.5}, end_step=10)
+    callback = rigl_keras.GradualPruningCallback(0.5, distribution={"zzz": 0.5}, end_step=10)
     callback.set_model(model)
     with pytest.raises(ValueError, match="zzz"):
         callback.on_train_begin()
@@ -418,29 +418,29 @@ def test_end_step_none_needs_known_length():
     x, y = _data(64)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat().take(8)
     dataset = dataset.filter(lambda a, b: True)  # unknown cardinality
-    callback = pruning.GradualPruningCallback(0.5)
+    callback = rigl_keras.GradualPruningCallback(0.5)
     with pytest.raises(ValueError, match="end_step"):
         model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
 
 
 def test_bound_to_one_model():
-    callback = pruning.GradualPruningCallback(0.5, end_step=10)
+    callback = rigl_keras.GradualPruningCallback(0.5, end_step=10)
     callback.set_model(_model())
     with pytest.raises(ValueError, match="already bound"):
         callback.set_model(_model())
 
 
 def test_config_round_trip():
-    callback = pruning.GradualPruningCallback(
+    callback = rigl_keras.GradualPruningCallback(
         0.85, distribution={"a": 0.9}, begin_step=5, end_step=50, update_freq=5,
         initial_sparsity=0.1, dense_layers=("b",), erk_power_scale=0.5, verbose=1,
     )
     config = callback.get_config()
-    clone = pruning.GradualPruningCallback.from_config(config)
+    clone = rigl_keras.GradualPruningCallback.from_config(config)
     assert clone.get_config() == config
     serialized = keras.saving.serialize_keras_object(callback)
     restored = keras.saving.deserialize_keras_object(serialized)
-    assert isinstance(restored, pruning.GradualPruningCallback)
+    assert isinstance(restored, rigl_keras.GradualPruningCallback)
     assert restored.get_config() == config
     assert config == {
         "sparsity": 0.85, "distribution": {"a": 0.9}, "begin_step": 5,
@@ -450,7 +450,7 @@ def test_config_round_trip():
 
 
 def test_public_api():
-    assert rigl_keras.GradualPruningCallback is pruning.GradualPruningCallback
+    assert rigl_keras.GradualPruningCallback is rigl_keras.GradualPruningCallback
     assert "GradualPruningCallback" in rigl_keras.__all__
 
 

@@ -64,6 +64,8 @@ def _scenarios():  # pylint: disable=too-many-locals,too-many-statements
     import rigl_keras
     from rigl_keras import distributions
 
+    import _helpers  # tests/_helpers.py (the script's own directory)
+
     tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((_EXAMPLES, 16)).astype("float32")
@@ -114,16 +116,15 @@ def _scenarios():  # pylint: disable=too-many-locals,too-many-statements
             if (self.epoch, batch) == self.at:
                 raise KeyboardInterrupt("simulated interruption")
 
-    class Spy(rigl_keras.RigLCallback):
+    class Spy(_helpers.SpiedRigL):
         """RigLCallback that records (step, drop fraction) of each update."""
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.events = []
 
-        def _on_update_step(self, step):
-            super()._on_update_step(step)
-            self.events.append([step, self._drop_fraction_now])
+        def after_update(self, step):
+            self.events.append([step, self.engine.logs()["drop_fraction"]])
 
     def rigl(**kwargs):
         config = dict(sparsity=0.8, update_freq=_UPDATE_FREQ,
@@ -176,7 +177,7 @@ def _scenarios():  # pylint: disable=too-many-locals,too-many-statements
         expected = distributions.layer_zero_counts(shapes, targets)
         state = arrays(model)
         result = {
-            "end_step": callback._end_step,  # pylint: disable=protected-access
+            "end_step": callback.resolved_end_step,  # pylint: disable=protected-access
             "events": callback.events,
             "iterations": int(model.optimizer.iterations.numpy()),
             "start": list(probe.start) if probe is not None else None,

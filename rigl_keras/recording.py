@@ -1,0 +1,160 @@
+"""The dense gradients a RigL update grows by, and the steps that record them.
+
+`GradientRecording` keeps one `rigl_keras.gradients.DenseGradientRecorder`
+per masked weight (its gradient is taken by the optimizer hook on the step
+an update needs) and, in `model.fit`, the train functions that record:
+
+* where every batch is one optimizer step whose number is known in advance,
+  two traced train functions, one that records and one that does not; the
+  engine picks one per step (`before_step`), so the steps between updates
+  cost what static sparse training costs;
+* elsewhere (SNFS's every-step moving average, loss scaling that skips
+  steps, gradient accumulation, several steps per execution) one train
+  function that decides in the graph.
+
+Recorders and train functions are reused across `fit()` calls while they
+are current: the same weights, the same optimizer, and the model not
+recompiled since they were traced.
+"""
+
+import tensorflow as tf
+
+from rigl_keras import gradients
+
+__all__ = ["GradientRecording"]
+
+
+class GradientRecording:
+    """Dense-gradient recorders for a set of masked weights.
+
+    Args:
+        momentum: `None` to record on update steps only, or the moving
+            average's momentum (SNFS) to record on every step.
+
+    Example:
+
+    >>> recording = GradientRecording()
+    >>> recording.recorders
+    {}
+    """
+
+    def __init__(self, momentum=None):
+        self.momentum = momentum
+        self.recorders = {}  # {weight key: DenseGradientRecorder}
+        self._record_step = None
+        self._optimizer = None
+        # {mode: traced train function}: "always" and "never" when the
+        # engine picks one per step, else the one "step" function.
+        self._train_functions = {}
+        self._mode = None
+
+    def is_current(self, weights, optimizer):
+        """Whether the recorders cover `weights`, for `optimizer`."""
+        return (
+            self._record_step is not None
+            and self._optimizer is optimizer
+            and set(self.recorders) == {w.key for w in weights}
+            and gradients.attached_optimizer(optimizer)
+        )
+
+    def prepare(self, weights, optimizer, strategy):
+        """Makes (or cleans and reuses) a recorder per weight."""
+        if self.is_current(weights, optimizer):
+            # A fit() interrupted between a recording step and its update
+            # (an exception in an earlier callback) left a gradient behind
+            # that the next recording would add to.
+            self.reset(strategy)
+            return
+        with strategy.scope():
+            self._record_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            self.recorders = {
+                w.key: gradients.DenseGradientRecorder(
+                    w.shape,
+                    # Re-read in the graph: with gradient_accumulation_steps
+                    # `iterations` is a tensor computed from the raw counter.
+                    lambda: optimizer.iterations,
+                    self._record_step,
+                    momentum=self.momentum,
+                )
+                for w in weights
+            }
+        self._optimizer = optimizer
+        # Train functions traced before hold no recorder, or other ones.
+        self._train_functions = {}
+
+    def make_train_functions(self, model, can_swap):
+        """Traces the train function(s) of `model.fit` that record.
+
+        Args:
+            model: The model `fit` trains.
+            can_swap: Whether every batch is one optimizer step whose
+                number is known in advance (then two functions are made).
+        """
+        if any(f is model.train_function for f in self._train_functions.values()):
+            if self.swaps():
+                self.use(model, "never")
+            return
+        self._train_functions = {}
+        if can_swap:
+            for mode in ("always", "never"):
+                self._set_mode(mode)
+                model.make_train_function(force=True)
+                self._train_functions[mode] = model.train_function
+            self.use(model, "never")
+        else:
+            self._set_mode("step")
+            model.make_train_function(force=True)
+            self._train_functions["step"] = model.train_function
+
+    def swaps(self):
+        """Whether the train function is picked per step."""
+        return "never" in self._train_functions
+
+    def use(self, model, mode):
+        """Installs the train function of `mode` (`"always"`, `"never"`)."""
+        self._set_mode(mode)
+        model.train_function = self._train_functions[mode]
+        self._mode = mode
+
+    def before_step(self, model, records):
+        """Installs the train function that records iff `records`."""
+        wanted = "always" if records else "never"
+        if wanted != self._mode:
+            self.use(model, wanted)
+
+    def schedule(self, step):
+        """Records the gradient of optimizer step `step` (`None`: none)."""
+        if self._record_step is not None:
+            self._record_step.assign(-1 if step is None else step)
+
+    def reset(self, strategy):
+        """Zeroes the stored gradients (not the SNFS moving averages)."""
+        if self.momentum is not None:
+            return
+        with strategy.scope():
+            for recorder in self.recorders.values():
+                recorder.reset()
+
+    def end(self, model):
+        """Stops recording at the end of `fit` (nothing outside it)."""
+        self.schedule(None)
+        if self.swaps() and model is not None:
+            self.use(model, "never")
+
+    def clear(self):
+        """Drops the recorders and train functions (frees their memory).
+
+        Returns:
+            Whether there was anything to drop.
+        """
+        attached = bool(self.recorders)
+        self.recorders = {}
+        self._record_step = None
+        self._optimizer = None
+        self._train_functions = {}
+        self._mode = None
+        return attached
+
+    def _set_mode(self, mode):
+        for recorder in self.recorders.values():
+            recorder.mode = mode

@@ -47,9 +47,15 @@ class DenseGradientRecorder:
         record_step: An int64 `tf.Variable` holding the optimizer step whose
             gradient should be recorded (`-1` for none).
         momentum: `None` to record on `record_step` only; a float in
-            `[0, 1)` to keep instead, on every step, the exponential moving
-            average `gradient = momentum * gradient + (1 - momentum) * grad`
-            (SNFS).
+            `[0, 1)` to keep instead, on every optimizer step, the
+            exponential moving average `gradient = momentum * gradient +
+            (1 - momentum) * grad` (SNFS).
+        accumulation_steps: The optimizer's `gradient_accumulation_steps`
+            k (1 for none). The gradient of an optimizer step is then the
+            sum of its k micro-batch gradients, and the moving average moves
+            once per optimizer step, not once per micro-batch.
+        micro_step_counter: With k > 1, the optimizer's raw counter of
+            `apply` calls (it counts micro-batches).
 
     Raises:
         ValueError: If `momentum` is outside `[0, 1)`.
@@ -63,14 +69,34 @@ class DenseGradientRecorder:
     TensorShape([3, 2])
     """
 
-    def __init__(self, shape, step_counter, record_step, momentum=None):
+    def __init__(
+        self,
+        shape,
+        step_counter,
+        record_step,
+        momentum=None,
+        accumulation_steps=1,
+        micro_step_counter=None,
+    ):
         if momentum is not None and not 0.0 <= momentum < 1.0:
             raise ValueError(
                 f"`momentum` must be None or in [0, 1). Received: momentum={momentum}"
             )
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(
+                "`accumulation_steps` must be an integer >= 1. "
+                f"Received: accumulation_steps={accumulation_steps!r}"
+            )
+        if accumulation_steps > 1 and micro_step_counter is None:
+            raise ValueError(
+                "`micro_step_counter` is needed with `accumulation_steps` > 1. "
+                "Received: micro_step_counter=None"
+            )
         self.step_counter = step_counter
         self.record_step = record_step
         self.momentum = momentum
+        self.accumulation_steps = accumulation_steps
+        self.micro_step_counter = micro_step_counter
         # Read when a train step is *traced*: "step" decides in the graph
         # from `step_counter` and `record_step`; "always" and "never" let a
         # caller keep two traced train functions and pick one per step, so
@@ -78,13 +104,15 @@ class DenseGradientRecorder:
         self.mode = "step"
         # ON_READ: each replica adds into its own copy, with no cross-replica
         # traffic inside the train step; reading it in cross-replica context
-        # (the update function) returns the mean over replicas.
+        # (the update function) returns the sum over replicas. Keras scales
+        # each replica's loss by 1 / replicas, so that sum is the gradient
+        # of the global batch, the one the optimizer applies.
         self.gradient = tf.Variable(
             tf.zeros(shape, tf.float32),
             trainable=False,
             name="dense_gradient",
             synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.MEAN,
+            aggregation=tf.VariableAggregation.SUM,
         )
 
     def should_record(self):
@@ -103,14 +131,7 @@ class DenseGradientRecorder:
         """
         grad = tf.cast(tf.convert_to_tensor(grad), tf.float32)
         if self.momentum is not None:
-            average = self.gradient.read_value()
-            self.gradient.assign(
-                tf.where(
-                    tf.reduce_all(tf.math.is_finite(grad)),
-                    self.momentum * average + (1.0 - self.momentum) * grad,
-                    average,
-                )
-            )
+            self.gradient.assign(self._moved_average(grad))
             return tf.constant(True)
 
         def record():
@@ -128,6 +149,26 @@ class DenseGradientRecorder:
         if self.mode == "never":
             return tf.constant(False)
         return tf.cond(self.should_record(), record, lambda: tf.constant(False))
+
+    def _moved_average(self, grad):
+        """The moving average after this `apply` call's gradient `grad`.
+
+        With accumulation the first micro-batch of an optimizer step decays
+        the average and every micro-batch adds its share:
+        `m * avg + (1 - m) * (g_1 + ... + g_k)` once the step is complete.
+        """
+        average = self.gradient.read_value()
+        share = (1.0 - self.momentum) * grad
+        if self.accumulation_steps == 1:
+            moved = self.momentum * average + share
+        else:
+            counter = self.micro_step_counter
+            if callable(counter):
+                counter = counter()
+            micro = tf.cast(masking.variable_value(counter), tf.int64)
+            starts_step = tf.equal(micro % self.accumulation_steps, 0)
+            moved = tf.where(starts_step, self.momentum * average, average) + share
+        return tf.where(tf.reduce_all(tf.math.is_finite(grad)), moved, average)
 
     def reset(self):
         """Zeroes the stored gradient (call in cross-replica context)."""

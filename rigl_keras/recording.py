@@ -20,6 +20,7 @@ recompiled since they were traced.
 import tensorflow as tf
 
 from rigl_keras import gradients
+from rigl_keras import optimizer_state
 
 __all__ = ["GradientRecording"]
 
@@ -65,6 +66,8 @@ class GradientRecording:
             # that the next recording would add to.
             self.reset(strategy)
             return
+        base = optimizer_state.base_optimizer(optimizer)
+        accumulation = int(getattr(base, "gradient_accumulation_steps", None) or 1)
         with strategy.scope():
             self._record_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
             self.recorders = {
@@ -75,6 +78,8 @@ class GradientRecording:
                     lambda: optimizer.iterations,
                     self._record_step,
                     momentum=self.momentum,
+                    accumulation_steps=accumulation,
+                    micro_step_counter=lambda: base._iterations,  # pylint: disable=protected-access
                 )
                 for w in weights
             }

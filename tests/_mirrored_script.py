@@ -29,6 +29,20 @@ import numpy as np  # noqa: E402
 
 import rigl_keras  # noqa: E402
 
+import _helpers  # noqa: E402  (tests/_helpers.py, this script's directory)
+
+
+class _GradientSpy(_helpers.SpiedRigL):
+    """Keeps the recorded dense gradients (read in cross-replica context,
+    i.e. aggregated over replicas) of the first update."""
+
+    def before_update(self, step):
+        if not hasattr(self, "first_gradients"):
+            self.first_gradients = {
+                key.split("/")[-2]: recorder.gradient.read_value().numpy()
+                for key, recorder in self.recorders.items()
+            }
+
 
 class _InitialMasks(keras.callbacks.Callback):
     """Placed after RigLCallback: keeps the masks RigL set at train begin."""
@@ -59,7 +73,7 @@ def _train(strategy, grow, make_optimizer):
             rigl_keras.MaskedDense(4, name="out"),
         ])
         model.compile(make_optimizer(), "mse")
-    rigl = rigl_keras.RigLCallback(
+    rigl = _GradientSpy(
         sparsity=0.8,
         update_freq=2,
         drop_fraction=0.3,
@@ -75,7 +89,7 @@ def _train(strategy, grow, make_optimizer):
     return model, rigl, initial
 
 
-def _describe(strategy, model, rigl, initial, reference=None):
+def _describe(strategy, model, rigl, initial, reference=None, reference_rigl=None):
     result = {"targets": rigl.target_sparsities, "layers": {}}
     for layer in rigl_keras.masked_layers(model):
         masks = _local(strategy, layer.mask)
@@ -104,6 +118,12 @@ def _describe(strategy, model, rigl, initial, reference=None):
             info["kernel_diff_single"] = float(
                 np.max(np.abs(kernels[0] - np.asarray(ref.kernel)))
             )
+            recorded = rigl.first_gradients[layer.name]
+            single_recorded = reference_rigl.first_gradients[layer.name]
+            info["recorded_rel_diff_single"] = float(
+                np.max(np.abs(recorded - single_recorded))
+                / np.max(np.abs(single_recorded))
+            )
         result["layers"][layer.name] = info
     return result
 
@@ -116,13 +136,14 @@ def main():
             return keras.optimizers.SGD(0.05, momentum=0.9)
 
         rigl_run = _train(mirrored, "gradient", sgd)
-        single, _, _ = _train(tf.distribute.get_strategy(), "gradient", sgd)
+        single, single_rigl, _ = _train(tf.distribute.get_strategy(), "gradient", sgd)
         snfs_run = _train(
             mirrored, "momentum", lambda: keras.optimizers.Adam(0.01)
         )
     result = {
         "replicas": mirrored.num_replicas_in_sync,
-        "rigl": _describe(mirrored, *rigl_run, reference=single),
+        "rigl": _describe(mirrored, *rigl_run, reference=single,
+                          reference_rigl=single_rigl),
         "snfs": _describe(mirrored, *snfs_run),
         "warnings": [
             str(w.message)

@@ -303,6 +303,46 @@ def test_gradient_accumulation_records_the_accumulated_gradient():
                 err_msg=f"step {step}, layer {name}")
 
 
+def test_snfs_moving_average_moves_once_per_optimizer_step_with_accumulation():
+    # SNFS keeps avg_t = m * avg_{t-1} + (1 - m) * g_t per *optimizer* step,
+    # g_t the dense gradient summed over the step's k micro-batches (as RigL
+    # records it), not a move at every micro-batch.
+    k, momentum = 2, 0.9
+    model = _mlp(_OPT.SGD(0.05, momentum=0.9, gradient_accumulation_steps=k))
+    x, y = _data()
+
+    class Spy(_helpers.SpiedRigL):
+        def before_update(self, step):
+            gradients = {k.split("/")[-2]: _numpy(r.gradient) for k, r in self.recorders.items()}
+            self.seen.append((step, gradients))
+
+    class Weights(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.before.append([_numpy(w) for w in self.model.trainable_weights])
+
+    rigl = Spy(sparsity=0.8, update_freq=2, grow="momentum", seed=0)
+    rigl.seen = []
+    weights = Weights()
+    weights.before = []
+    _fit_checked(model, [rigl, weights], epochs=2)
+    assert [s for s, _ in rigl.seen] == [2, 4, 6]
+    for step, recorded in rigl.seen:
+        average = {name: 0.0 for name in recorded}
+        for optimizer_step in range(step):
+            total = {name: 0.0 for name in recorded}
+            for batch in range(optimizer_step * k, (optimizer_step + 1) * k):
+                rows = slice((batch % _STEPS_PER_EPOCH) * _BATCH,
+                             (batch % _STEPS_PER_EPOCH + 1) * _BATCH)
+                part = _hand_dense_gradients(weights.before[batch], x[rows], y[rows])
+                total = {name: total[name] + part[name] for name in total}
+            average = {name: momentum * average[name] + (1 - momentum) * total[name]
+                       for name in average}
+        for name in recorded:
+            np.testing.assert_allclose(
+                recorded[name], average[name], rtol=1e-4, atol=1e-6,
+                err_msg=f"step {step}, layer {name}")
+
+
 def _hand_dense_gradients(weights, x, y):
     """dL/dW of the MLP's plain math (kernels hold W * M), L = mean sq. error."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -11,6 +11,7 @@ from rigl_keras import distributions
 from rigl_keras import flops
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
+from rigl_keras import structures
 from rigl_keras import updaters
 from rigl_keras.callbacks import GradualPruningCallback
 from rigl_keras.callbacks import RigLCallback
@@ -55,6 +56,7 @@ __all__ = [
     "sparsity_report",
     "sparsify",
     "strip_masks",
+    "structures",
     "unsparsify",
     "updaters",
 ]

@@ -278,8 +278,16 @@ class MaskUpdater:
             tf.shape(kernel), seed=seed, stddev=stddev, dtype=kernel.dtype
         )
 
-    def update(self, kernel, mask, gradient, drop_fraction, seed):
+    def update(self, kernel, mask, gradient, drop_fraction, seed, structure=None, view=None):
         """Drops and regrows `floor(drop_fraction * nnz)` connections.
+
+        With a `structure` (`rigl_keras.structures`), whole units are
+        replaced instead: `floor(drop_fraction * active blocks)` blocks of a
+        `Block`, scored by the sums of the hooks' scores over each block;
+        for `NM`, `floor(drop_fraction * nnz)` entries, each group regrowing
+        as many of its own as it lost (`Structure.drop_and_grow`). The mask
+        must already have the structure (e.g. from
+        `rigl_keras.structures.initial_mask`); the result has it too.
 
         Args:
             kernel: The kernel (inactive entries 0).
@@ -288,9 +296,27 @@ class MaskUpdater:
                 float32, same shape; ignored by rules that do not use it.
             drop_fraction: Scalar, fraction of active connections to replace.
             seed: Shape `[2]` integer tensor for tie-breaks and random draws.
+            structure: A `rigl_keras.structures.Structure`, or None
+                (unstructured).
+            view: The kernel's `rigl_keras.matrix_views.MatrixView` for a
+                structure; default the plain view of its shape.
 
         Returns:
             A `MaskUpdate`.
+
+        Raises:
+            ValueError: If the structure does not fit the kernel's shape.
+
+        Example:
+
+        >>> from rigl_keras import structures
+        >>> result = RigL().update(
+        ...     kernel=tf.constant([[0.5], [0.4], [0.1], [0.0]]),
+        ...     mask=tf.constant([[1.0], [1.0], [1.0], [0.0]]),
+        ...     gradient=tf.constant([[0.0], [0.0], [0.0], [0.9]]),
+        ...     drop_fraction=0.5, seed=[0, 0], structure=structures.NM(3, 4))
+        >>> result.mask.numpy().ravel().tolist()
+        [1.0, 1.0, 0.0, 1.0]
         """
         kernel = tf.convert_to_tensor(kernel)
         mask = tf.convert_to_tensor(mask)
@@ -301,6 +327,13 @@ class MaskUpdater:
         n_replace = floor_count(drop_fraction, nnz)
 
         drop_scores = self.drop_scores(kernel, mask, gradient, seeds[0])
+        if structure is not None:
+            new_active = structure.drop_and_grow(
+                drop_scores,
+                self.grow_scores(kernel, mask, gradient, seeds[2]),
+                active, drop_fraction, (seeds[1], seeds[3]), view,
+            )
+            return self._result(kernel, mask, active, new_active, seeds[0])
         # Selecting the n to drop (rather than the nnz - n to keep) keeps
         # top_k's k small: it costs O(N log k).
         to_drop = select_top_k(
@@ -309,16 +342,18 @@ class MaskUpdater:
         kept = tf.logical_and(active, tf.logical_not(to_drop))
         grow_scores = self.grow_scores(kernel, mask, gradient, seeds[2])
         grown_any = select_top_k(grow_scores, tf.logical_not(kept), n_replace, seeds[3])
+        return self._result(kernel, mask, active, tf.logical_or(kept, grown_any), seeds[0])
 
-        new_active = tf.logical_or(kept, grown_any)
-        grown = tf.logical_and(grown_any, tf.logical_not(active))
+    def _result(self, kernel, mask, active, new_active, seed):
+        """The `MaskUpdate` from the active sets before and after."""
+        grown = tf.logical_and(new_active, tf.logical_not(active))
         dropped = tf.logical_and(active, tf.logical_not(new_active))
         # Active before and after (kept, or dropped and regrown): old value.
         stays = tf.logical_and(new_active, active)
         if self.grow_init == "zeros" and type(self).grow_values is MaskUpdater.grow_values:
             new_kernel = tf.where(stays, kernel, tf.zeros_like(kernel))
         else:
-            init = tf.cast(self.grow_values(kernel, mask, seeds[0]), kernel.dtype)
+            init = tf.cast(self.grow_values(kernel, mask, seed), kernel.dtype)
             new_kernel = tf.where(
                 stays, kernel, tf.where(grown, init, tf.zeros_like(kernel))
             )

@@ -30,7 +30,7 @@ Example:
 import math
 import numbers
 
-import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 
@@ -79,15 +79,15 @@ def group_ranks(scores, seed, preferred=None):
     """
     shape = tf.shape(scores)
     order = tf.argsort(tf.random.stateless_uniform(shape, seed=seed), axis=-1)
-    keys = [tf.cast(scores, tf.float32)]
+    keys = [ops.cast(scores, "float32")]
     if preferred is not None:
-        keys.append(tf.cast(preferred, tf.float32))
+        keys.append(ops.cast(preferred, "float32"))
     for key in keys:  # Stable sorts: the last key sorted is the primary one.
         by_key = tf.argsort(
-            tf.gather(key, order, batch_dims=1),
+            ops.take_along_axis(key, order, axis=-1),
             axis=-1, direction="DESCENDING", stable=True,
         )
-        order = tf.gather(order, by_key, batch_dims=1)
+        order = ops.take_along_axis(order, by_key, axis=-1)
     return tf.argsort(order, axis=-1)  # The inverse permutation: ranks.
 
 
@@ -104,7 +104,7 @@ def units_to_zero(num_zero_units, num_units):
                 f"units). Received: num_zero_units={num_zero_units!r}"
             )
         return tf.constant(int(num_zero_units), tf.int32)
-    return tf.clip_by_value(tf.cast(num_zero_units, tf.int32), 0, num_units)
+    return ops.clip(ops.cast(num_zero_units, "int32"), 0, num_units)
 
 
 # ---------------------------------------------------------------------------
@@ -114,16 +114,16 @@ def units_to_zero(num_zero_units, num_units):
 def pool_blocks(matrix, block, reduce="sum"):
     """Per-block sum (float32) or all (boolean) of a `(rows, cols)` matrix."""
     (rows, cols), (a, b) = matrix.shape, block
-    blocks = keras.ops.reshape(matrix, (rows // a, a, cols // b, b))
+    blocks = ops.reshape(matrix, (rows // a, a, cols // b, b))
     if reduce == "all":
-        return keras.ops.all(blocks, axis=(1, 3))
-    return keras.ops.sum(keras.ops.cast(blocks, "float32"), axis=(1, 3))
+        return ops.all(blocks, axis=(1, 3))
+    return ops.sum(ops.cast(blocks, "float32"), axis=(1, 3))
 
 
 def expand_blocks(units, block):
     """A matrix constant on each block from its block grid `units`."""
     a, b = block
-    return keras.ops.repeat(keras.ops.repeat(units, a, axis=0), b, axis=1)
+    return ops.repeat(ops.repeat(units, a, axis=0), b, axis=1)
 
 
 def block_initial(matrix_shape, block, num_zero_units, seed):
@@ -131,11 +131,11 @@ def block_initial(matrix_shape, block, num_zero_units, seed):
     grid = (matrix_shape[0] // block[0], matrix_shape[1] // block[1])
     zero = updaters.select_top_k(
         tf.random.stateless_uniform(grid, seed=_fold(seed, 0)),
-        tf.ones(grid, tf.bool),
+        ops.ones(grid, "bool"),
         units_to_zero(num_zero_units, math.prod(grid)),
         _fold(seed, 1),
     )
-    return expand_blocks(tf.logical_not(zero), block)
+    return expand_blocks(ops.logical_not(zero), block)
 
 
 def block_prune(scores, active, block, num_zero_units, seed):
@@ -145,7 +145,7 @@ def block_prune(scores, active, block, num_zero_units, seed):
     unit_active = pool_blocks(active, block, reduce="all")
     num_units = math.prod(unit_scores.shape)
     keep = num_units - units_to_zero(num_zero_units, num_units)
-    n_active = tf.reduce_sum(tf.cast(unit_active, tf.int32))
+    n_active = ops.sum(ops.cast(unit_active, "int32"))
     kept = updaters.select_top_k(unit_scores, unit_active, tf.minimum(keep, n_active), seed)
     return expand_blocks(kept, block)
 
@@ -170,16 +170,16 @@ def block_drop_and_grow(drop_scores, grow_scores, active, block, drop_fraction, 
     """
     unit_active = pool_blocks(active, block, reduce="all")
     n_replace = updaters.floor_count(
-        drop_fraction, tf.reduce_sum(tf.cast(unit_active, tf.int64))
+        drop_fraction, ops.sum(ops.cast(unit_active, "int64"))
     )
     to_drop = updaters.select_top_k(
         -pool_blocks(drop_scores, block), unit_active, n_replace, seeds[0]
     )
-    kept = tf.logical_and(unit_active, tf.logical_not(to_drop))
+    kept = ops.logical_and(unit_active, ops.logical_not(to_drop))
     grown = updaters.select_top_k(
-        pool_blocks(grow_scores, block), tf.logical_not(kept), n_replace, seeds[1]
+        pool_blocks(grow_scores, block), ops.logical_not(kept), n_replace, seeds[1]
     )
-    return expand_blocks(tf.logical_or(kept, grown), block)
+    return expand_blocks(ops.logical_or(kept, grown), block)
 
 
 # ---------------------------------------------------------------------------
@@ -189,20 +189,20 @@ def block_drop_and_grow(drop_scores, grow_scores, active, block, drop_fraction, 
 def to_groups(matrix, m):
     """The N:M groups of a `(rows, cols)` matrix as rows of `(-1, m)`."""
     rows, cols = matrix.shape
-    x = keras.ops.reshape(matrix, (rows // m, m, cols))
-    return keras.ops.reshape(keras.ops.transpose(x, (0, 2, 1)), (-1, m))
+    x = ops.reshape(matrix, (rows // m, m, cols))
+    return ops.reshape(ops.transpose(x, (0, 2, 1)), (-1, m))
 
 
 def from_groups(groups, matrix_shape, m):
     """The inverse of `to_groups`."""
     rows, cols = matrix_shape
-    x = keras.ops.reshape(groups, (rows // m, cols, m))
-    return keras.ops.reshape(keras.ops.transpose(x, (0, 2, 1)), (rows, cols))
+    x = ops.reshape(groups, (rows // m, cols, m))
+    return ops.reshape(ops.transpose(x, (0, 2, 1)), (rows, cols))
 
 
 def nm_initial(matrix_shape, n, m, seed):
     """`n` active entries per group, chosen uniformly at random."""
-    ranks = group_ranks(tf.zeros((math.prod(matrix_shape) // m, m)), seed)
+    ranks = group_ranks(ops.zeros((math.prod(matrix_shape) // m, m)), seed)
     return from_groups(ranks < n, matrix_shape, m)
 
 
@@ -211,7 +211,7 @@ def nm_prune(scores, active, n, m, seed):
     a group's active entries if it has fewer)."""
     active_groups = to_groups(active, m)
     ranks = group_ranks(to_groups(scores, m), seed, preferred=active_groups)
-    return from_groups(tf.logical_and(active_groups, ranks < n), active.shape, m)
+    return from_groups(ops.logical_and(active_groups, ranks < n), active.shape, m)
 
 
 def nm_drop_and_grow(drop_scores, grow_scores, active, m, drop_fraction, seeds):
@@ -225,16 +225,16 @@ def nm_drop_and_grow(drop_scores, grow_scores, active, m, drop_fraction, seeds):
     with the group size `m` for `block`.
     """
     act = to_groups(active, m)
-    n_replace = updaters.floor_count(drop_fraction, tf.reduce_sum(tf.cast(act, tf.int64)))
+    n_replace = updaters.floor_count(drop_fraction, ops.sum(ops.cast(act, "int64")))
     to_drop = updaters.select_top_k(
-        -keras.ops.cast(to_groups(drop_scores, m), "float32"), act, n_replace, seeds[0]
+        -ops.cast(to_groups(drop_scores, m), "float32"), act, n_replace, seeds[0]
     )
-    kept = tf.logical_and(act, tf.logical_not(to_drop))
-    lost = tf.reduce_sum(tf.cast(to_drop, tf.int32), axis=1, keepdims=True)
-    not_kept = tf.logical_not(kept)
+    kept = ops.logical_and(act, ops.logical_not(to_drop))
+    lost = ops.sum(ops.cast(to_drop, "int32"), axis=1, keepdims=True)
+    not_kept = ops.logical_not(kept)
     ranks = group_ranks(to_groups(grow_scores, m), seeds[1], preferred=not_kept)
-    grown = tf.logical_and(not_kept, ranks < lost)
-    return from_groups(tf.logical_or(kept, grown), active.shape, m)
+    grown = ops.logical_and(not_kept, ranks < lost)
+    return from_groups(ops.logical_or(kept, grown), active.shape, m)
 
 
 # ---------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def initial_mask(shape, structure, num_zero_units, seed, view=None):
     structure = structure or _Unstructured()
     view = structure.validate(view or shape)
     active = structure.initial_matrix(view.matrix_shape, num_zero_units, _as_seed(seed))
-    return tf.cast(view.from_matrix(active), tf.float32)
+    return ops.cast(view.from_matrix(active), "float32")
 
 
 def prune_mask(scores, mask, structure, num_zero_units, seed, view=None):
@@ -332,7 +332,7 @@ def prune_mask(scores, mask, structure, num_zero_units, seed, view=None):
     view = structure.validate(view or tuple(scores.shape))
     active = view.to_matrix(tf.convert_to_tensor(mask) > 0)
     kept = structure.prune_matrix(view.to_matrix(scores), active, num_zero_units, _as_seed(seed))
-    return tf.cast(view.from_matrix(kept), tf.float32)
+    return ops.cast(view.from_matrix(kept), "float32")
 
 
 class CheckResult:
@@ -387,7 +387,7 @@ def check_weights(weights, structures):
             violations[weight.key] = str(error)
             continue
         reason = structure.matrix_violation(
-            np.asarray(keras.ops.convert_to_numpy(view.to_matrix(weight.mask))) > 0
+            np.asarray(ops.convert_to_numpy(view.to_matrix(weight.mask))) > 0
         )
         if reason:
             violations[weight.key] = reason

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from rigl_keras import masking
-from rigl_keras import structured_masks as ops
+from rigl_keras import structured_masks
 from rigl_keras import updaters
 from rigl_keras.matrix_views import MatrixView
 from rigl_keras.matrix_views import matrix_shape
@@ -253,13 +253,13 @@ class Block(Structure):
         return int(updaters.floor_count(sparsity, self.num_units(shape_or_view)))
 
     def initial_matrix(self, rows_cols, num_zero_units, seed):
-        return ops.block_initial(rows_cols, self.shape, num_zero_units, seed)
+        return structured_masks.block_initial(rows_cols, self.shape, num_zero_units, seed)
 
     def prune_matrix(self, scores, active, num_zero_units, seed):
-        return ops.block_prune(scores, active, self.shape, num_zero_units, seed)
+        return structured_masks.block_prune(scores, active, self.shape, num_zero_units, seed)
 
     def drop_and_grow_matrix(self, drop_scores, grow_scores, active, drop_fraction, seeds):
-        return ops.block_drop_and_grow(
+        return structured_masks.block_drop_and_grow(
             drop_scores, grow_scores, active, self.shape, drop_fraction, seeds
         )
 
@@ -346,14 +346,14 @@ class NM(Structure):
 
     def initial_matrix(self, rows_cols, num_zero_units, seed):
         self._check_count(num_zero_units, math.prod(rows_cols))
-        return ops.nm_initial(rows_cols, self.n, self.m, seed)
+        return structured_masks.nm_initial(rows_cols, self.n, self.m, seed)
 
     def prune_matrix(self, scores, active, num_zero_units, seed):
         self._check_count(num_zero_units, math.prod(active.shape))
-        return ops.nm_prune(scores, active, self.n, self.m, seed)
+        return structured_masks.nm_prune(scores, active, self.n, self.m, seed)
 
     def drop_and_grow_matrix(self, drop_scores, grow_scores, active, drop_fraction, seeds):
-        return ops.nm_drop_and_grow(
+        return structured_masks.nm_drop_and_grow(
             drop_scores, grow_scores, active, self.m, drop_fraction, seeds
         )
 
@@ -501,7 +501,7 @@ def check(model, structure):
     else:
         structure = get(structure)
         per_key = {w.key: structure for w in weights}
-    return ops.check_weights(weights, per_key)
+    return structured_masks.check_weights(weights, per_key)
 
 
 def _is_config(value):

@@ -323,17 +323,16 @@ class MaskUpdater:
         seed = tf.cast(seed, tf.int32)
         seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(4)]
         active = mask > 0
-        nnz = tf.reduce_sum(tf.cast(active, tf.int64))
-        n_replace = floor_count(drop_fraction, nnz)
-
         drop_scores = self.drop_scores(kernel, mask, gradient, seeds[0])
-        if structure is not None:
+        if structure is not None:  # It counts and chooses in its units.
             new_active = structure.drop_and_grow(
                 drop_scores,
                 self.grow_scores(kernel, mask, gradient, seeds[2]),
                 active, drop_fraction, (seeds[1], seeds[3]), view,
             )
             return self._result(kernel, mask, active, new_active, seeds[0])
+        nnz = tf.reduce_sum(tf.cast(active, tf.int64))
+        n_replace = floor_count(drop_fraction, nnz)
         # Selecting the n to drop (rather than the nnz - n to keep) keeps
         # top_k's k small: it costs O(N log k).
         to_drop = select_top_k(

@@ -503,6 +503,20 @@ class MaskEngine:
         end_step -= end_step % self._steps_per_call
         return end_step if end_step > self.begin_step else None
 
+    def _last_step_of_fit(self, epoch):
+        """The optimizer step this `fit()` call ends at, or None if unknown.
+
+        Args:
+            epoch: The first epoch of the call (`initial_epoch`).
+        """
+        params = self._fit_params or {}
+        steps, epochs = params.get("steps"), params.get("epochs")
+        if not steps or not epochs:
+            return None
+        base = optimizer_state.base_optimizer(self.optimizer)
+        accumulation = int(getattr(base, "gradient_accumulation_steps", None) or 1)
+        return self._epoch_start_step + (epochs - epoch) * steps // accumulation
+
     def _schedule_next_update(self, step):
         self._next_update = self._next_step_after(step)
         if self._next_update is None:

@@ -104,6 +104,7 @@ class RigLEngine(engine_lib.MaskEngine):
         self._recording = recording.GradientRecording(momentum)
         self._drop_fraction_now = 0.0
         self._churn = {}
+        self._warned_no_update = False
 
     @property
     def recorders(self):
@@ -253,9 +254,40 @@ class RigLEngine(engine_lib.MaskEngine):
         self._resolved_schedule = schedule
         if self._resolved_end_step is None:
             self._updates_left = False
+            self._warn_no_update(epoch, None)
             return
         self._attach_recorders()
         self._schedule_next_update(self._epoch_start_step)
+        self._warn_no_update(epoch, self._next_update)
+
+    def _warn_no_update(self, epoch, first_update):
+        """Warns once if this `fit()` call ends before its first update."""
+        last_step = self._last_step_of_fit(epoch)
+        if self._warned_no_update or last_step is None:
+            return
+        if first_update is not None and first_update <= last_step:
+            return
+        self._warned_no_update = True
+        if first_update is None:
+            reason = (
+                f"the update window ends at end_step={self._resolved_end_step} "
+                f"(begin_step={self.begin_step}, update_freq={self.update_freq})"
+                if self._resolved_end_step is not None
+                else "75% of its steps end before begin_step="
+                f"{self.begin_step}"
+            )
+        else:
+            reason = (
+                f"the first mask update is at step {first_update} "
+                f"(begin_step={self.begin_step}, update_freq={self.update_freq})"
+            )
+        warnings.warn(
+            f"RigLCallback will not update the masks in this fit() call: it "
+            f"trains optimizer steps {self._epoch_start_step + 1} to "
+            f"{last_step} and {reason}. Steps count across fit() calls; "
+            "lower `update_freq` or train longer to rewire.",
+            stacklevel=5,
+        )
 
     def _next_step_after(self, step):
         return engine_lib.next_update_step(

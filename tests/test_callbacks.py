@@ -1047,3 +1047,36 @@ def test_callback_reused_after_recompile_trains_the_recompiled_model(new_optimiz
         assert np.all(_numpy(layer.kernel)[inactive] == 0.0), layer.name
         for state, _ in optimizer_state.optimizer_state_slots(optimizer, layer.kernel):
             assert np.all(_numpy(state)[inactive] == 0.0), layer.name
+
+
+def test_fit_shorter_than_the_first_update_warns_once_with_the_numbers():
+    model = _mlp()
+    rigl = rigl_keras.RigLCallback(sparsity=0.8, update_freq=100, seed=0)
+    x, y = _data()
+    with pytest.warns(UserWarning, match="will not update the masks") as record:
+        model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=[rigl])
+    (message,) = [str(w.message) for w in record if "will not update" in str(w.message)]
+    # 10 steps; end_step None -> 7, so no update step fits in the window.
+    assert "steps 1 to 10" in message and "end_step=7" in message, message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=[rigl])
+    assert not [w for w in caught if "will not update" in str(w.message)]
+
+
+def test_fit_that_reaches_an_update_does_not_warn():
+    model = _mlp()
+    rigl = rigl_keras.RigLCallback(sparsity=0.8, update_freq=5, end_step=100, seed=0)
+    x, y = _data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=[rigl])
+    assert not [w for w in caught if "will not update" in str(w.message)]
+
+
+def test_update_beyond_this_fit_warns_with_the_first_update_step():
+    model = _mlp()
+    rigl = rigl_keras.RigLCallback(sparsity=0.8, update_freq=50, end_step=200, seed=0)
+    x, y = _data()
+    with pytest.warns(UserWarning, match="first mask update is at step 50"):
+        model.fit(x, y, batch_size=_BATCH, epochs=2, verbose=0, callbacks=[rigl])

@@ -60,21 +60,7 @@ _LOOKUP_LAYERS = (
 
 def _all_sublayers(layer):
     """Every layer inside `layer`, nested ones included (not `layer`)."""
-    # pylint: disable-next=protected-access
-    return layer._flatten_layers(include_self=False, recursive=True)
-
-
-def _is_functional(model):
-    """Whether `model` is a functional model (`keras.Model(inputs, outputs)`).
-
-    Keras 3 does not export its `Functional` class, so look for it by name
-    among the model's base classes (a subclass of `keras.Model` constructed
-    with `inputs` and `outputs` is functional too).
-    """
-    return any(
-        cls.__name__ == "Functional" and cls.__module__.startswith("keras")
-        for cls in type(model).__mro__
-    )
+    return [sublayer for sublayer, _ in masking.walk_layers(layer)][1:]
 
 
 def _check_model(model, caller):
@@ -84,7 +70,7 @@ def _check_model(model, caller):
             f"`{caller}` expects a `keras.Model` (Sequential or functional). "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
-    if not (isinstance(model, keras.Sequential) or _is_functional(model)):
+    if not masking.is_graph_model(model):
         raise ValueError(
             f"`{caller}` supports Sequential and functional models only, "
             "because it rebuilds the model layer by layer with "

@@ -14,6 +14,10 @@ Masked weights come from two places:
 
 `masked_weights(model)` finds them all, each once, in one fixed order; every
 other module (callbacks, distributions, reports, FLOPs, export) uses it.
+`kernel_weights(model)` adds, for layers without masks, the weights that
+`sparsify` would mask (`supported_variables`): what reports, FLOPs and
+kernel shapes count on plain models such as a `strip_masks` copy. Both
+walk the model with `walk_layers`.
 Each masked weight is keyed by its variable's `path` (unique even where
 layer names repeat); `resolve_keys` also accepts a layer name wherever it
 names exactly one masked weight.
@@ -34,19 +38,26 @@ fan-out channels) for ER:
 """
 
 import math
+import typing
 import zlib
 
 import keras
 import numpy as np
 
 __all__ = [
+    "KernelWeight",
     "MaskedWeight",
-    "masked_weights",
+    "default_weight_names",
     "get_masks",
+    "is_graph_model",
+    "kernel_weights",
+    "masked_weights",
     "random_mask",
     "resolve_keys",
     "seed_name",
+    "supported_variables",
     "variable_value",
+    "walk_layers",
     "weight_seed",
 ]
 
@@ -102,6 +113,23 @@ def _sublayers(layer):
     except AttributeError:  # it holds an operation without sublayer tracking
         children = list(getattr(layer, "_layers", None) or [])
     return [child for child in children if isinstance(child, keras.layers.Layer)]
+
+
+def is_graph_model(layer):
+    """Whether `layer` is a Sequential or functional model.
+
+    Its config lists its layers, so Keras can clone and rebuild it layer by
+    layer; a subclassed model rebuilds from code. Keras 3 does not export
+    its `Functional` class, so it is looked for by name among the base
+    classes (a `keras.Model` subclass constructed with `inputs` and
+    `outputs` is functional too).
+    """
+    if isinstance(layer, keras.Sequential):
+        return True
+    return any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras")
+        for cls in type(layer).__mro__
+    )
 
 
 def walk_layers(model):
@@ -174,6 +202,116 @@ def masked_weights(model):
                 )
             keys[weight.key] = layer.name
             found.append(weight)
+    return found
+
+
+def default_weight_names():
+    """`((layer classes, weight attribute names), ...)`: `sparsify`'s table.
+
+    The first entry whose classes a layer is an instance of names its
+    supported weights (the `SeparableConv*` entry comes before the
+    `Conv*` one). See `rigl_keras.sparsify`.
+    """
+    layers = keras.layers
+    return (
+        ((layers.SeparableConv1D, layers.SeparableConv2D),
+         ("depthwise_kernel", "pointwise_kernel")),
+        ((layers.Dense, layers.EinsumDense, layers.Conv1D, layers.Conv2D,
+          layers.Conv3D, layers.Conv1DTranspose, layers.Conv2DTranspose,
+          layers.Conv3DTranspose, layers.DepthwiseConv1D,
+          layers.DepthwiseConv2D), ("kernel",)),
+        ((layers.Embedding,), ("embeddings",)),
+        ((layers.SimpleRNNCell, layers.LSTMCell, layers.GRUCell),
+         ("kernel", "recurrent_kernel")),
+    )
+
+
+def supported_variables(layer):
+    """The weights of `layer` (its own) that `sparsify` masks by default.
+
+    The variables its `get_sparsifiable_weights()` returns for a layer of
+    the `SparsifiableLayer` protocol, the weights `default_weight_names`
+    names for a supported Keras layer, the kernel of a `MaskedDense` /
+    `MaskedConv2D`; `[]` for an unbuilt layer or any other layer.
+    """
+    # Imported here: layers imports this module.
+    from rigl_keras import layers as layers_lib  # pylint: disable=import-outside-toplevel
+
+    if not layer.built:
+        return []
+    if isinstance(layer, layers_lib.MaskedLayer):
+        return [layer.kernel]
+    if hasattr(layer, "get_sparsifiable_weights"):
+        return list(layer.get_sparsifiable_weights())
+    for classes, names in default_weight_names():
+        if isinstance(layer, classes):
+            found = [getattr(layer, name, None) for name in names]
+            # A LoRA-enabled layer's `kernel` is a tensor, not a variable.
+            return [v for v in found if isinstance(v, keras.Variable)]
+    return []
+
+
+class KernelWeight(typing.NamedTuple):
+    """A weight `kernel_weights` counts: its mask, or `None` if it has none.
+
+    Attributes:
+        key: The variable's `path`.
+        layer: The layer that owns the variable.
+        variable: The `keras.Variable`.
+        mask: The weight's 0/1 mask variable, or `None`.
+    """
+
+    key: str
+    layer: keras.layers.Layer
+    variable: keras.Variable
+    mask: typing.Optional[keras.Variable]
+
+
+def kernel_weights(model):
+    """The masked weights and the supported weights without a mask, in order.
+
+    For each layer of `walk_layers(model)`: its masked weights if it has
+    any, else its `supported_variables` (with `mask=None`). On a model
+    without masks (a plain model, a `strip_masks` copy) these are the
+    weights `sparsify` would mask; on a sparsified model, the masked ones
+    and those of the layers left dense.
+
+    Args:
+        model: A `keras.Model` or `keras.layers.Layer`.
+
+    Returns:
+        A list of `KernelWeight`.
+
+    Raises:
+        ValueError: If two of them share a variable path.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc"),
+    ...                           keras.layers.Dense(1, name="out")], name="mlp")
+    >>> _ = rigl_keras.sparsify(model, filters="fc")
+    >>> [(w.key, w.mask is not None) for w in kernel_weights(model)]
+    [('mlp/fc/kernel', True), ('mlp/out/kernel', False)]
+    """
+    found = []
+    keys = {}
+    for layer, _ in walk_layers(model):
+        masked = own_masked_weights(layer)
+        if masked:
+            entries = [KernelWeight(w.key, layer, w.variable, w.mask) for w in masked]
+        else:
+            entries = [
+                KernelWeight(v.path, layer, v, None) for v in supported_variables(layer)
+            ]
+        for entry in entries:
+            if entry.key in keys:
+                raise ValueError(
+                    f"Two weights share the variable path {entry.key!r} (layers "
+                    f"{keys[entry.key]!r} and {layer.name!r}): give the layers "
+                    "unique names so that their weights can be told apart."
+                )
+            keys[entry.key] = layer.name
+            found.append(entry)
     return found
 
 

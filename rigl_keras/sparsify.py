@@ -61,21 +61,6 @@ class SparsifiableLayer:
         raise NotImplementedError
 
 
-def _default_weight_names():
-    layers = keras.layers
-    return (
-        ((layers.SeparableConv1D, layers.SeparableConv2D),
-         ("depthwise_kernel", "pointwise_kernel")),
-        ((layers.Dense, layers.EinsumDense, layers.Conv1D, layers.Conv2D,
-          layers.Conv3D, layers.Conv1DTranspose, layers.Conv2DTranspose,
-          layers.Conv3DTranspose, layers.DepthwiseConv1D,
-          layers.DepthwiseConv2D), ("kernel",)),
-        ((layers.Embedding,), ("embeddings",)),
-        ((layers.SimpleRNNCell, layers.LSTMCell, layers.GRUCell),
-         ("kernel", "recurrent_kernel")),
-    )
-
-
 class SparsifyReport:
     """What `sparsify` did: the masked weights and the skipped layers.
 
@@ -155,7 +140,7 @@ def _candidates(layer):
                     f"Received: {variable!r}"
                 )
         return variables, "get_sparsifiable_weights() returned nothing"
-    for classes, names in _default_weight_names():
+    for classes, names in masking.default_weight_names():
         if not isinstance(layer, classes):
             continue
         if getattr(layer, "quantization_mode", None) is not None:
@@ -175,16 +160,6 @@ def _check_float(layer, variable):
         )
 
 
-def _is_graph_model(layer):
-    """Sequential or functional: its config lists its layers."""
-    if isinstance(layer, keras.Sequential):
-        return True
-    return any(
-        cls.__name__ == "Functional" and cls.__module__.startswith("keras")
-        for cls in type(layer).__mro__
-    )
-
-
 def _config_root(layer, ancestors):
     """The layer whose config rebuilds `layer` in its model, or `None`.
 
@@ -195,7 +170,7 @@ def _config_root(layer, ancestors):
     """
     chain = ancestors + (layer,)
     for index in range(len(chain) - 2, -1, -1):
-        if _is_graph_model(chain[index]):
+        if masking.is_graph_model(chain[index]):
             return chain[index + 1]
     return None
 
@@ -225,7 +200,7 @@ def _candidates_safe(layer):
     """Whether an unbuilt layer would have sparsifiable weights."""
     if hasattr(layer, "get_sparsifiable_weights"):
         return True
-    return any(isinstance(layer, classes) for classes, _ in _default_weight_names())
+    return any(isinstance(layer, classes) for classes, _ in masking.default_weight_names())
 
 
 def sparsify(model, filters=None):
@@ -276,7 +251,7 @@ def sparsify(model, filters=None):
                     report.masked.append(_row(layer, weight.variable, new=False))
                 matched = matched or selected(layer)
                 continue
-            if _is_graph_model(layer):
+            if masking.is_graph_model(layer):
                 continue
             variables, reason = _candidates(layer)
             if not variables:

@@ -1,12 +1,60 @@
 """Small helpers shared by the test files (not a test module)."""
 
 import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import rigl_keras
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tfds_data_dir():
+    """`TFDS_DATA_DIR`, or `<repo>/../shared/tfds` where CI keeps the data."""
+    return pathlib.Path(
+        os.environ.get("TFDS_DATA_DIR", str(REPO_ROOT.parent / "shared" / "tfds")))
+
+
+def require_real_mnist():
+    """The TFDS folder holding the real MNIST: fails in CI, skips elsewhere."""
+    data_dir = tfds_data_dir()
+    if not (data_dir / "mnist").is_dir():
+        message = f"MNIST in TFDS format is missing from {data_dir}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must provide ../shared/tfds)")
+        pytest.skip(message)
+    return str(data_dir)
+
+
+def python_env(**overrides):
+    """The environment of a child Python: this checkout first on `PYTHONPATH`.
+
+    `overrides` set variables; a value of `None` removes one.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def run_python(argv, cwd, env=None, timeout=600):
+    """Runs `python *argv` in `cwd`; the `CompletedProcess` (text output)."""
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+        timeout=timeout, env=env or python_env(), check=False,
+    )
 
 
 def as_numpy(variable):

@@ -16,18 +16,19 @@ import functools
 import importlib.metadata
 import json
 import os
-import pathlib
 import re
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from _helpers import REPO_ROOT  # tests/_helpers.py
+from _helpers import python_env
+from _helpers import require_real_mnist
+from _helpers import run_python
 from rigl_keras import train as train_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_PY = ROOT / "rigl_keras" / "train.py"
+TRAIN_PY = REPO_ROOT / "rigl_keras" / "train.py"
 TINY_RUN = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=16", "--verbose=0"]
 
 # Runs train.py loaded on its own (module `rigl_train_cli`), with the
@@ -55,19 +56,11 @@ _TF_LOG_LINE = re.compile(
 
 def _env(**overrides):
     """The environment of a run: this checkout first, TF's log level unset."""
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.update(overrides)
-    return env
+    return python_env(**{"TF_CPP_MIN_LOG_LEVEL": None, **overrides})
 
 
 def _run(argv, cwd, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
-        timeout=timeout, env=env or _env(), check=False,
-    )
+    return run_python(argv, cwd, env or _env(), timeout)
 
 
 def _standalone(args, cwd, **env):
@@ -82,7 +75,7 @@ def _own_lines(stderr):
 @functools.lru_cache(maxsize=None)
 def _package_imports_tensorflow():
     result = _run(["-c", "import sys, rigl_keras; print('tensorflow' in sys.modules)"],
-                  ROOT, timeout=300)
+                  REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip() == "True"
 
@@ -92,18 +85,6 @@ def _xfail_if_package_imports_tensorflow(what):
         pytest.xfail(
             f"{what}: rigl_keras/__init__.py imports TensorFlow, which "
             "`python -m rigl_keras.train` runs before train.py")
-
-
-def _require_real_mnist():
-    """The TFDS folder holding the real MNIST: fails in CI, skips elsewhere."""
-    data_dir = pathlib.Path(
-        os.environ.get("TFDS_DATA_DIR", str(ROOT.parent / "shared" / "tfds")))
-    if not (data_dir / "mnist").is_dir():
-        message = f"MNIST in TFDS format is missing from {data_dir}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must provide ../shared/tfds)")
-        pytest.skip(message)
-    return str(data_dir)
 
 
 # ----------------------------------------------------------------------
@@ -127,7 +108,7 @@ def test_help_exits_0_with_the_description(tmp_path):
 def test_console_script_help_exits_0_with_the_description(tmp_path):
     code = "from rigl_keras.train import run; run(['rigl-train', '--help'])"
     _check_help(_run(["-c", code], tmp_path, timeout=300))
-    assert "rigl-train=rigl_keras.train:run" in (ROOT / "setup.py").read_text()
+    assert "rigl-train=rigl_keras.train:run" in (REPO_ROOT / "setup.py").read_text()
     installed = importlib.metadata.entry_points(group="console_scripts", name="rigl-train")
     assert [ep.value for ep in installed] in ([], ["rigl_keras.train:run"])
 
@@ -225,7 +206,7 @@ def _repeated(lines):
 
 
 def test_start_up_is_quiet_without_verbosity(tmp_path):
-    data_dir = _require_real_mnist()
+    data_dir = require_real_mnist()
     result = _standalone([f"--data_dir={data_dir}", *TINY_RUN], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "cuInit" not in result.stderr, result.stderr[-3000:]
@@ -235,7 +216,7 @@ def test_start_up_is_quiet_without_verbosity(tmp_path):
 
 
 def test_python_m_trains_and_prints_the_summary(tmp_path):
-    data_dir = _require_real_mnist()
+    data_dir = require_real_mnist()
     result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", "--epochs=1",
                    "--steps_per_epoch=5", "--batch_size=16", "--verbose=2",
                    "--results_json=run/results.json"], tmp_path)
@@ -264,7 +245,7 @@ def test_python_m_trains_and_prints_the_summary(tmp_path):
 
 
 def test_short_run_leaves_no_partial_cache_and_writes_nothing(tmp_path):
-    data_dir = _require_real_mnist()
+    data_dir = require_real_mnist()
     # With every TensorFlow log shown (the user chose level 0).
     result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", *TINY_RUN],
                   tmp_path, _env(TF_CPP_MIN_LOG_LEVEL="0"))

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import math
 import os
-import pathlib
 import re
 
 from absl import flags
@@ -23,30 +22,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from _helpers import require_real_mnist  # tests/_helpers.py
 from rigl_keras import data
 from rigl_keras import models
 from rigl_keras import train as train_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPARSE_METHODS = ("static", "set", "snfs", "rigl", "prune")
 TINY = dict(epochs=1, steps_per_epoch=5, batch_size=16, verbose=0)
-
-
-def _real_tfds_dir():
-    return pathlib.Path(
-        os.environ.get("TFDS_DATA_DIR", str(ROOT.parent / "shared" / "tfds"))
-    )
-
-
-def _require_real_mnist():
-    """The real MNIST folder: fails in CI, skips elsewhere, if missing."""
-    data_dir = _real_tfds_dir()
-    if not (data_dir / "mnist").is_dir():
-        message = f"MNIST in TFDS format is missing from {data_dir}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must provide ../shared/tfds)")
-        pytest.skip(message)
-    return str(data_dir)
 
 
 def _require_tensorboard():
@@ -491,7 +473,7 @@ def test_augment_is_a_shifted_window_maybe_flipped():
 
 
 def test_rigl_lenet300_100_on_real_mnist(tmp_path):
-    data_dir = _require_real_mnist()
+    data_dir = require_real_mnist()
     results = train_lib.train(train_lib.TrainConfig(
         data_dir=data_dir, epochs=1, steps_per_epoch=300, update_freq=50,
         verbose=0, results_json=str(tmp_path / "r.json")))

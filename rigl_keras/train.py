@@ -48,11 +48,13 @@ TFLite file, or a non-empty `--export_dir`, is an error unless `--overwrite`
 is given. This is checked before training starts.
 
 Results JSON: every flag value under `"flags"`; at the top level
-`test_accuracy`, `test_loss`, `sparsity` (the measured fraction of zeros
-over all kernels: mask zeros for masked layers, exact zeros for plain ones),
-`layer_sparsity`, `train_flops` and `inference_flops` (theoretical FLOPs
-relative to dense training / inference of the full-size model, as in the
-RigL paper's tables; `rigl_keras.flops`), `flops` (the full
+`test_accuracy`, `test_loss`, `sparsity` (`rigl_keras.sparsity_report`'s:
+the fraction of zeros over the masks, as the callbacks log it; for the
+dense baselines, which have no masks, the exact zeros of their kernels),
+`layer_sparsity` (the same per weight, keyed by variable path),
+`train_flops` and `inference_flops` (theoretical FLOPs relative to dense
+training / inference of the full-size model, as in the RigL paper's
+tables; `rigl_keras.flops`), `flops` (the full
 `rigl_keras.flops.flops_report`), `wall_seconds`, `train_seconds`,
 `history` (the per-epoch logs) and more.
 
@@ -558,25 +560,11 @@ def _sparse_callback(config, total_steps):
 
 
 def _layer_sparsity(model):
-    """`{name: sparsity}` and the overall sparsity over all kernels."""
-    import keras
-    from rigl_keras import layers as layers_lib
+    """`{weight path: sparsity}` and the overall sparsity of `sparsity_report`."""
+    from rigl_keras import report as report_lib
 
-    per_layer, zeros, total = {}, 0, 0
-    masked = {id(layer) for layer in layers_lib.masked_layers(model)}
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
-        if not (id(layer) in masked or isinstance(
-                layer, (keras.layers.Dense, keras.layers.Conv2D))):
-            continue
-        if id(layer) in masked:
-            values = keras.ops.convert_to_numpy(layer.mask)
-        else:
-            values = keras.ops.convert_to_numpy(layer.kernel)
-        layer_zeros = int(np.sum(values == 0))
-        per_layer[layer.name] = layer_zeros / values.size
-        zeros += layer_zeros
-        total += values.size
-    return per_layer, (zeros / total if total else 0.0)
+    report = report_lib.sparsity_report(model)
+    return {row["name"]: row["sparsity"] for row in report[:-1]}, report.sparsity
 
 
 def _flops(config, model, info, total_steps):

@@ -235,7 +235,7 @@ def test_python_m_trains_and_prints_the_summary(tmp_path):
     assert rows["steps"].endswith(" 5 (1 epoch x 5, batch 16)"), rows["steps"]
     assert rows["results JSON"].endswith(str(path))
     assert f"{results['test_accuracy']:.4f}" in rows["test accuracy"]
-    assert any(l.strip().startswith("fc1 ") for l in lines)
+    assert any(l.strip().startswith("fc1/kernel ") for l in lines)  # per weight
     assert results["flags"]["method"] == "rigl"
     # The CUDA probing happens after train.py took over: never shown.
     assert "cuInit" not in result.stderr, result.stderr[-3000:]

@@ -19,7 +19,10 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras
-from rigl_keras.callbacks import random_mask
+from _helpers import keep_first  # tests/_helpers.py
+from _helpers import small_transformer
+from rigl_keras import masking
+from rigl_keras.masking import random_mask
 from rigl_keras.layers import MaskedLayer
 
 ATOL = 1e-6  # Keras vs stripped Keras vs SavedModel: same float32 graph.
@@ -397,7 +400,7 @@ def test_saved_model_variables_keep_the_zeros(exported):
                 t.shape == expected.shape and np.array_equal(t, expected) for t in tensors
             ), (name, layer.name)
         # One stored tensor per kernel: no mask variable made it into the export.
-        assert len(tensors) == len(rigl_keras.sparsity_report(model)) - 1, name
+        assert len(tensors) == len(masking.kernel_weights(model)), name
         # Every weight is stored once (keras-team/keras#23553 doubles them):
         # the masked model's parameters less the masks.
         stored = sum(
@@ -546,20 +549,21 @@ def test_export_tflite_overwrites_file(tmp_path):
 
 
 def _report_model():
-    """Hand-countable: masked 4x3 kernel with 9 zeros, plain 3x2 with 1."""
+    """Hand-countable: masked 4x3 kernel with 3 active entries, a plain 3x2."""
     model = keras.Sequential(
         [
             keras.Input((4,)),
             rigl_keras.MaskedDense(3, name="masked"),
             keras.layers.BatchNormalization(name="bn"),
             keras.layers.Dense(2, name="plain"),
-        ]
+        ],
+        name="m",
     )
     masked = model.get_layer("masked")
     mask = np.zeros((4, 3), "float32")
     mask[0, 0] = mask[1, 1] = mask[2, 2] = 1.0
     masked.mask.assign(mask)
-    # Non-zeros written into inactive entries too: they do not count.
+    # Non-zeros written into inactive entries too: the mask decides.
     masked.kernel.assign(np.arange(1, 13, dtype="float32").reshape(4, 3))
     plain = np.ones((3, 2), "float32")
     plain[2, 1] = 0.0
@@ -570,37 +574,118 @@ def _report_model():
 def test_sparsity_report_hand_counts():
     report = rigl_keras.sparsity_report(_report_model())
     assert isinstance(report, list)
+    # Only the masked weight is a row: the plain layer is not masked.
     assert report == [
-        {"name": "masked", "shape": (4, 3), "params": 12, "nonzeros": 3, "sparsity": 0.75},
-        {"name": "plain", "shape": (3, 2), "params": 6, "nonzeros": 5, "sparsity": pytest.approx(1 / 6)},
-        {"name": "total", "shape": None, "params": 18, "nonzeros": 8, "sparsity": pytest.approx(10 / 18)},
+        {"name": "m/masked/kernel", "layer": "masked", "shape": (4, 3),
+         "params": 12, "active": 3, "sparsity": 0.75},
+        {"name": "total", "layer": None, "shape": None, "params": 12,
+         "active": 3, "sparsity": 0.75},
     ]
+    assert report.basis == "masks" and report.sparsity == 0.75
+    # masked 12 + 3, bn 4 x 3, plain 6 + 2 (the mask is not a parameter);
+    # 9 inactive entries.
+    assert report.total_params == 35
+    assert report.params_sparsity == pytest.approx(9 / 35)
 
 
-def test_sparsity_report_same_for_stripped_model():
+def test_sparsity_report_of_stripped_model_counts_zeros():
     model, zeros = _make("functional")
     report = rigl_keras.sparsity_report(model)
-    assert report == rigl_keras.sparsity_report(rigl_keras.strip_masks(model))
-    by_name = {row["name"]: row for row in report}
-    for name, num_zeros in zeros.items():
-        assert by_name[name]["params"] - by_name[name]["nonzeros"] == num_zeros
-    # conv 3x3x3x4, tower_fc 64x10, tower_plain 10x10 (dense), skip 64x10, out 10x3.
-    assert [row["name"] for row in report] == [
-        "conv", "tower_fc", "tower_plain", "skip", "out", "total"
-    ]
-    assert report[-1]["params"] == 108 + 640 + 100 + 640 + 30
-    assert report[-1]["nonzeros"] == report[-1]["params"] - sum(zeros.values())
+    stripped = rigl_keras.sparsity_report(rigl_keras.strip_masks(model))
+    assert [row["layer"] for row in report[:-1]] == ["conv", "tower_fc", "skip", "out"]
+    for row in report[:-1]:
+        assert row["params"] - row["active"] == zeros[row["layer"]]
+    # No masks: every kernel, its non-zeros active (kept weights are
+    # drawn away from zero), the plain tower_plain included.
+    assert stripped.basis == "zeros"
+    assert [row["layer"] for row in stripped[:-1]] == [
+        "conv", "tower_fc", "tower_plain", "skip", "out"]
+    by_layer = {row["layer"]: row for row in stripped}
+    for row in report[:-1]:
+        assert by_layer[row["layer"]]["active"] == row["active"]
+    assert by_layer["tower_plain"]["sparsity"] == 0.0
+    # conv 3x3x3x4, tower_fc 64x10, skip 64x10, out 10x3 masked.
+    assert report[-1]["params"] == 108 + 640 + 640 + 30
+    assert report[-1]["active"] == report[-1]["params"] - sum(zeros.values())
+    # Of all parameters, both count the same zeros over the same total.
+    assert stripped.total_params == report.total_params
+    assert stripped.params_sparsity == report.params_sparsity
+    assert report.params_sparsity == pytest.approx(sum(zeros.values()) / report.total_params)
 
 
-def test_sparsity_report_prints_aligned_table():
+def test_sparsity_report_prints_aligned_table_and_both_sparsities():
     text = str(rigl_keras.sparsity_report(_report_model()))
     lines = text.splitlines()
-    assert lines[0].split() == ["Layer", "Kernel", "shape", "Params", "Non-zeros", "Sparsity"]
-    assert lines[2].split() == ["masked", "4x3", "12", "3", "75.00%"]
-    assert lines[3].split() == ["plain", "3x2", "6", "5", "16.67%"]
-    assert lines[5].split() == ["total", "18", "8", "55.56%"]
-    # Right-aligned numeric columns: every data line ends at the same column.
-    assert len({len(line) for line in lines}) == 1
+    assert lines[0].split() == ["Weight", "Shape", "Params", "Active", "Sparsity"]
+    assert lines[2].split() == ["m/masked/kernel", "4x3", "12", "3", "75.00%"]
+    assert lines[4].split() == ["total", "12", "3", "75.00%"]
+    # Right-aligned numeric columns: every table line ends at the same column.
+    assert len({len(line) for line in lines[:5]}) == 1
+    assert lines[5] == "Sparsity of masked weights: 75.00% (9 of 12 entries inactive)"
+    assert lines[6] == "Sparsity of all parameters: 25.71% (9 of 35 parameters inactive)"
+
+
+def test_sparsity_report_of_a_sparsified_transformer_hand_counts():
+    model = small_transformer()
+    # embed 50x16; mha query/key/value 16x2x8 + 2x8, output 2x8x16 + 16;
+    # ln 2 x 16; ff1 16x32 + 32; ff2 32x16 + 16; head 16x10 + 10.
+    assert model.count_params() == 800 + 3 * 272 + 272 + 32 + 544 + 528 + 170 == 3_162
+    rigl_keras.sparsify(model)
+    active = {"embed/embeddings": 80, "mha/query/kernel": 25, "mha/key/kernel": 26,
+              "mha/value/kernel": 27, "mha/attention_output/kernel": 28,
+              "ff1/kernel": 51, "ff2/kernel": 52, "head/kernel": 16}
+    for weight in rigl_keras.masked_weights(model):
+        keep_first(weight, active[weight.key])
+    report = rigl_keras.sparsity_report(model)
+    assert {row["name"]: row["active"] for row in report[:-1]} == active
+    # Masked entries: 800 + 4 x 256 + 512 + 512 + 160 = 3,008; 305 active.
+    assert report[-1]["params"] == 3_008 and report[-1]["active"] == 305
+    assert report.sparsity == 2_703 / 3_008
+    assert report.total_params == 3_162
+    assert report.params_sparsity == 2_703 / 3_162
+
+
+def test_sparsity_report_equals_the_callbacks_sparsity_log():
+    keras.utils.set_random_seed(0)
+    model = small_transformer()
+    # ff2 stays dense: neither the log nor the report counts it.
+    rigl_keras.sparsify(model, filters=["embed", "mha", "ff1", "head"])
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, (16, 8)).astype("int32")
+    y = rng.integers(0, 10, 16)
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[
+        rigl_keras.RigLCallback(sparsity=0.9, update_freq=2, end_step=4, seed=0)])
+    logs = {k: v[-1] for k, v in history.history.items()}
+    report = rigl_keras.sparsity_report(model)
+    assert report.sparsity == logs["sparsity"]  # the same float
+    assert len(report) - 1 == len(rigl_keras.get_masks(model)) == 7
+    for row in report[:-1]:
+        assert row["sparsity"] == pytest.approx(logs[f"sparsity/{row['name']}"], abs=1e-12)
+
+
+def test_sparsity_report_of_a_sparsified_mobilenet_v2():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35)
+    params = model.count_params()
+    rigl_keras.sparsify(model)
+    weights = rigl_keras.masked_weights(model)
+    for weight in weights:
+        keep_first(weight, weight.size // 10)
+    report = rigl_keras.sparsity_report(model)
+    # 35 convolutions, 17 depthwise convolutions, the classifier.
+    assert [row["name"] for row in report[:-1]] == [w.key for w in weights]
+    assert len(weights) == 53
+    assert sum(isinstance(w.layer, keras.layers.DepthwiseConv2D) for w in weights) == 17
+    size = sum(w.size for w in weights)
+    inactive = sum(w.size - w.size // 10 for w in weights)
+    assert report[-1]["params"] == size
+    assert report.sparsity == inactive / size
+    # The masks are not parameters: the count of the unsparsified model.
+    assert report.total_params == params
+    assert report.params_sparsity == inactive / params
 
 
 def test_sparsity_report_unbuilt_model_error():

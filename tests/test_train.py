@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from _helpers import require_real_mnist  # tests/_helpers.py
+from _helpers import by_layer  # tests/_helpers.py
+from _helpers import require_real_mnist
 from rigl_keras import data
 from rigl_keras import models
 from rigl_keras import train as train_lib
@@ -65,7 +66,7 @@ def test_every_method_trains_and_reports(tmp_path, method):
     assert np.isfinite(results["test_loss"])
     assert results["wall_seconds"] > 0
     assert results["wall_seconds"] >= results["train_seconds"]
-    assert set(results["layer_sparsity"]) == {"fc1", "fc2", "fc3"}
+    assert set(results["layer_sparsity"]) == {"fc1/kernel", "fc2/kernel", "fc3/kernel"}
     r_inf, r_train = results["inference_flops"], results["train_flops"]
     if method == "dense":
         assert results["sparsity"] < 1e-3
@@ -80,7 +81,7 @@ def test_every_method_trains_and_reports(tmp_path, method):
     else:
         # ERK at 90% over the whole model, fc3 dense.
         assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
-        assert results["layer_sparsity"]["fc3"] == 0.0
+        assert results["layer_sparsity"]["fc3/kernel"] == 0.0
         assert r_inf == pytest.approx(0.1, abs=1e-4)
         expected_train = {
             "static": r_inf,
@@ -127,7 +128,7 @@ def test_results_json_holds_every_flag_and_the_top_level_metrics(tmp_path):
     assert on_disk["flags"]["dense_layers"] == ["fc3"]
     # Uniform: every layer at 80%, but fc3 kept dense.
     assert results["layer_sparsity"] == pytest.approx(
-        {"fc1": 0.8, "fc2": 0.8, "fc3": 0.0}, abs=1e-4)
+        {"fc1/kernel": 0.8, "fc2/kernel": 0.8, "fc3/kernel": 0.0}, abs=1e-4)
 
 
 def test_same_seed_same_run(tmp_path):
@@ -141,7 +142,7 @@ def test_same_seed_same_run(tmp_path):
 def test_lenet5_with_adam_and_er(tmp_path):
     results = _run_mock(tmp_path, model="lenet5", optimizer="adam",
                         distribution="er", lr_schedule="constant")
-    assert set(results["layer_sparsity"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert set(by_layer(results["layer_sparsity"])) == {"conv1", "conv2", "fc1", "fc2"}
     assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert results["flags"]["learning_rate"] is None  # Adam's default 1e-3.
 

@@ -1,17 +1,29 @@
 """FLOPs accounting as the RigL paper (Evci et al. 2020, appendix H) does it.
 
 Theoretical counts, assuming sparse kernels: a connection that is masked out
-costs nothing. Only `Dense` and `Conv2D` layers (and their masked twins
-`MaskedDense`, `MaskedConv2D`) are counted; other layers (pooling,
-normalization, depthwise or transposed convolutions, attention, ...), biases
-and activations are not. One multiply-add is 2 FLOPs, so one example's
-forward pass through a layer costs
+costs nothing. One multiply-add is 2 FLOPs, so one example's forward pass
+through a counted weight costs
 
-    2 * (non-zero weights) * (output positions)
+    2 * (active weights) * (positions)
 
-with output positions 1 for a `Dense` layer on a batch of vectors (the
-product of the non-batch, non-feature output dims otherwise) and
-`H_out * W_out` for a convolution.
+where the active weights are the mask's ones for a masked weight and the
+non-zero entries otherwise, and the positions are how often each weight is
+used per example. Counted, per weight (keyed by variable path, as
+`rigl_keras.masked_weights`), in plain, sparsified (`rigl_keras.sparsify`)
+and masked (`MaskedDense`, `MaskedConv2D`) layers alike:
+
+| layer | weights | positions |
+| --- | --- | --- |
+| `Dense`, `MaskedDense` | `kernel` | the product of the input's dims between batch and features (1 for a batch of vectors) |
+| `EinsumDense` (`MultiHeadAttention`'s query, key, value and output) | `kernel` | the product of the input's non-batch dims that are not kernel axes (the sequence length); for an attention output, the query's |
+| `Conv1D/2D/3D`, `MaskedConv2D` | `kernel` | the output's spatial positions |
+| `DepthwiseConv1D/2D` | `kernel` | the output's spatial positions |
+| `SeparableConv1D/2D` | `depthwise_kernel`, `pointwise_kernel` | the output's spatial positions, for each |
+
+Not counted: transposed convolutions, embeddings (a lookup), recurrent
+layers, attention scores and the weighted sum of values (no weights),
+pooling, normalization, biases and activations. Positions need fixed input
+sizes (a sequence length of `None` raises).
 
 Training FLOPs per step are reported RELATIVE TO DENSE training of the same
 (or a reference) network, with `f_D` / `f_S` the dense / sparse inference
@@ -25,7 +37,7 @@ product for the activations' gradient and one for the weights'):
 * SNFS:                           2 f_S + f_D (dense gradient every step)
 * small dense:                    3 f_D of the small model
 * gradual pruning:                the mean over training steps of
-                                  3 f(s_t), with each layer's density
+                                  3 f(s_t), with each weight's density
                                   following the pruning schedule.
 
 A masked implementation such as this package's executes dense matmuls
@@ -45,8 +57,10 @@ import numbers
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from rigl_keras import layers as layers_lib
+from rigl_keras import masking
 from rigl_keras import schedules
 
 __all__ = [
@@ -77,120 +91,179 @@ def _is_real(value):
     )
 
 
-def _counted_layers(model):
-    """Dense/Conv2D layers (masked or not) of `model`, each once, in order."""
-    found, seen = [], set()
-    candidates = [model] + list(
-        model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
+def _counted_types():
+    layers = keras.layers
+    return (
+        layers.Dense, layers.EinsumDense, layers.Conv1D, layers.Conv2D,
+        layers.Conv3D, layers.DepthwiseConv1D, layers.DepthwiseConv2D,
+        layers.SeparableConv1D, layers.SeparableConv2D,
+        layers_lib.MaskedDense, layers_lib.MaskedConv2D,
     )
-    counted_types = (
-        keras.layers.Dense,
-        keras.layers.Conv2D,
-        layers_lib.MaskedDense,
-        layers_lib.MaskedConv2D,
+
+
+def _is_conv(layer):
+    layers = keras.layers
+    return not isinstance(
+        layer, (layers.Dense, layers.EinsumDense, layers_lib.MaskedDense)
     )
-    for layer in candidates:
-        if isinstance(layer, counted_types) and id(layer) not in seen:
-            seen.add(id(layer))
-            found.append(layer)
+
+
+def _input_shape(layer):
+    """The input shape `layer` was built with (its first call's), or `None`."""
+    shape = (layer.get_build_config() or {}).get("input_shape")
+    if shape is None:
+        try:
+            shape = tuple(layer.input.shape)
+        except (AttributeError, ValueError):
+            return None
+    return tuple(shape)
+
+
+def _einsum_axes(axes, rank):
+    """One axis letter (or `None` within an ellipsis) per dim of a shape."""
+    if "..." not in axes:
+        return list(axes)
+    head, tail = axes.split("...")
+    return list(head) + [None] * (rank - len(head) - len(tail)) + list(tail)
+
+
+def _product(layer, dims, what):
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Layer '{layer.name}' has {what} {tuple(dims)} with unknown dims; "
+            "FLOPs per example need a fixed input size (build the model "
+            "with `keras.Input` of a fixed shape)."
+        )
+    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+
+def _einsum_positions(layer, parent):
+    inputs, rest = layer.equation.split(",")
+    kernel_axes = rest.split("->")[0]
+    shape = _input_shape(layer)
+    if shape is None:
+        raise ValueError(f"The input shape of layer '{layer.name}' is unknown.")
+    letters = _einsum_axes(inputs, len(shape))
+    dims = [d for axis, d in zip(letters[1:], shape[1:]) if axis is None or axis not in kernel_axes]
+    if any(d is None for d in dims) and isinstance(parent, keras.layers.MultiHeadAttention):
+        # MultiHeadAttention builds its output projection for any length:
+        # it runs at every query position.
+        shapes = (parent.get_build_config() or {}).get("shapes_dict", {})
+        if "query_shape" in shapes:
+            dims = list(shapes["query_shape"][1:-1])
+    return _product(layer, dims, "non-kernel input dims")
+
+
+def _positions(layer, parent):
+    """How often per example each kernel entry of `layer` is used."""
+    if isinstance(layer, keras.layers.EinsumDense):
+        return _einsum_positions(layer, parent)
+    shape = _input_shape(layer)
+    if not _is_conv(layer):
+        if shape is None:
+            return 1
+        return _product(layer, list(shape[1:-1]), "input shape")
+    if shape is not None:
+        output = tuple(layer.compute_output_shape(shape))
+    else:
+        try:
+            output = tuple(layer.output.shape)
+        except (AttributeError, ValueError):
+            raise ValueError(  # pylint: disable=raise-missing-from
+                f"The output shape of layer '{layer.name}' is unknown: count the "
+                "FLOPs of a model built with `keras.Input` (Sequential or "
+                "functional), so that every convolution's output size is known."
+            )
+    if layer.data_format == "channels_first":
+        spatial = output[2:]
+    else:
+        spatial = output[1:-1]
+    return _product(layer, list(spatial), "output shape")
+
+
+def _counted_weights(model):
+    """`[(weight, positions)]`: the `kernel_weights` of the counted layers."""
+    counted = _counted_types()
+    parents = {}
+    for layer, ancestors in masking.walk_layers(model):
+        if isinstance(layer, counted):
+            if not layer.built:
+                raise ValueError(
+                    f"Layer '{layer.name}' of model '{model.name}' is not built."
+                )
+            parents[id(layer)] = ancestors[-1] if ancestors else None
+    positions = {}
+    found = []
+    for weight in masking.kernel_weights(model):
+        layer = weight.layer
+        if id(layer) not in parents:
+            continue
+        if id(layer) not in positions:
+            positions[id(layer)] = _positions(layer, parents[id(layer)])
+        found.append((weight, positions[id(layer)]))
     return found
 
 
-def _output_positions(layer):
-    """Output positions per example: product of the output's spatial dims."""
-    is_conv = isinstance(layer, (keras.layers.Conv2D, layers_lib.MaskedConv2D))
-    try:
-        shape = tuple(layer.output.shape)
-    except (AttributeError, ValueError):
-        shape = None
-    if shape is None:
-        if not is_conv:
-            return 1
-        raise ValueError(
-            f"The output shape of layer '{layer.name}' is unknown: count the "
-            "FLOPs of a model built with `keras.Input` (Sequential or "
-            "functional), so that every convolution's output size is known."
-        )
-    if is_conv and layer.data_format == "channels_first":
-        spatial = shape[2:]
-    else:
-        spatial = shape[1:-1]
-    if any(d is None for d in spatial):
-        raise ValueError(
-            f"Layer '{layer.name}' has output shape {shape} with unknown "
-            "spatial dims; FLOPs per example need a fixed input size."
-        )
-    return int(np.prod(spatial, dtype=np.int64)) if spatial else 1
-
-
-def _weight_count(layer, sparse):
-    kernel = np.asarray(layer.kernel)
+def _weight_count(weight, sparse):
     if not sparse:
-        return int(kernel.size)
-    if isinstance(layer, layers_lib.MaskedLayer):
+        return int(np.prod(weight.variable.shape, dtype=np.int64))
+    if weight.mask is not None:
         # The mask, not the kernel, says what is connected: a connection
         # RigL just grew holds 0.0 but is active.
-        return int(np.count_nonzero(np.asarray(layer.mask)))
-    return int(np.count_nonzero(kernel))
+        return int(np.count_nonzero(_numpy(weight.mask)))
+    return int(np.count_nonzero(_numpy(weight.variable)))
+
+
+def _numpy(variable):
+    return tf.convert_to_tensor(masking.variable_value(variable)).numpy()
 
 
 def inference_flops(model, sparse=True):
-    """FLOPs of one example's forward pass, per counted layer.
+    """FLOPs of one example's forward pass, per counted weight.
 
-    Theoretical, assuming sparse kernels: `2 * weights * output_positions`
-    per layer, where `weights` is the number of active weights (mask entries
-    equal to 1 for masked layers, non-zero kernel entries for plain layers)
-    if `sparse`, all kernel entries otherwise. Only `Dense`, `Conv2D`,
-    `MaskedDense` and `MaskedConv2D` layers are counted (other layers are
-    left out); biases and activations are not counted. A layer called at
-    several sites is counted once, at its first call.
+    Theoretical, assuming sparse kernels: `2 * weights * positions` per
+    weight of the layers the module docstring lists, where `weights` is
+    the number of active entries (mask entries equal to 1 for a masked
+    weight, non-zero entries otherwise) if `sparse`, all entries otherwise.
+    A layer called at several sites is counted once, at its first call.
 
     Args:
-        model: A built Keras model (with `keras.Input`, so that output shapes
-            are known).
+        model: A built Keras model (with `keras.Input` of a fixed shape, so
+            that the positions are known).
         sparse: Count only active weights (`True`) or all weights.
 
     Returns:
-        Dict `{layer.name: flops}` of Python ints, in model order.
+        Dict `{variable path: flops}` of Python ints, in
+        `rigl_keras.masking.kernel_weights` order.
 
     Raises:
-        ValueError: If the model is not built, has two counted layers with
-            the same name, or a convolution's output size is unknown.
+        ValueError: If the model or a counted layer is not built, or a
+            count needs a dim that is unknown.
 
     Example:
 
     >>> model = keras.Sequential([keras.Input((4,)),
-    ...                           keras.layers.Dense(3, name="fc")])
+    ...                           keras.layers.Dense(3, name="fc")], name="m")
     >>> inference_flops(model)
-    {'fc': 24}
+    {'m/fc/kernel': 24}
     """
     if not getattr(model, "built", False):
         raise ValueError(
             f"Model {getattr(model, 'name', model)!r} is not built. Build it "
             "with `keras.Input` so that kernel and output shapes are known."
         )
-    result = {}
-    for layer in _counted_layers(model):
-        if not getattr(layer, "built", False):
-            raise ValueError(
-                f"Layer '{layer.name}' of model '{model.name}' is not built."
-            )
-        if layer.name in result:
-            raise ValueError(
-                f"Model has two Dense/Conv2D layers named {layer.name!r}; "
-                "layer names must be unique to key their FLOPs."
-            )
-        result[layer.name] = (
-            2 * _weight_count(layer, sparse) * _output_positions(layer)
-        )
-    return result
+    return {
+        weight.key: 2 * _weight_count(weight, sparse) * positions
+        for weight, positions in _counted_weights(model)
+    }
 
 
 def _total(model, sparse):
     total = sum(inference_flops(model, sparse=sparse).values())
     if total == 0:
         raise ValueError(
-            f"Model '{model.name}' has no Dense/Conv2D layer to count."
+            f"Model '{model.name}' has no layer whose FLOPs are counted "
+            "(Dense, EinsumDense, Conv*D, DepthwiseConv*D, SeparableConv*D)."
         )
     return total
 
@@ -230,7 +303,7 @@ def _pruning_densities(dense_flops, final_sparse_flops, initial_sparsity):
     for name, dense in dense_flops.items():
         if name not in final_sparse_flops:
             raise ValueError(
-                f"`final_sparse_flops` has no entry for layer {name!r}. "
+                f"`final_sparse_flops` has no entry for weight {name!r}. "
                 f"Received: final_sparse_flops={final_sparse_flops!r}"
             )
         if dense <= 0 or not 0 <= final_sparse_flops[name] <= dense:
@@ -275,8 +348,9 @@ def pruning_training_flops(
     count of zeros (a floor) is ignored here.
 
     Args:
-        dense_flops: `{layer: dense inference FLOPs}` per example.
-        final_sparse_flops: `{layer: inference FLOPs at the final sparsity}`.
+        dense_flops: `{weight: dense inference FLOPs}` per example (as
+            `inference_flops(model, sparse=False)` returns).
+        final_sparse_flops: `{weight: inference FLOPs at the final sparsity}`.
         begin_step: First step of the pruning window (>= 0).
         end_step: Step at which the final sparsity is reached
             (> begin_step).

@@ -1,4 +1,8 @@
-"""Tests for rigl_keras.flops, against hand-computed FLOP counts."""
+"""Tests for rigl_keras.flops, against hand-computed FLOP counts.
+
+`inference_flops` is keyed by variable path; `by_layer` re-keys it by layer
+name where each layer has one counted weight.
+"""
 
 import doctest
 import json
@@ -9,6 +13,9 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras
+from _helpers import by_layer  # tests/_helpers.py
+from _helpers import keep_first
+from _helpers import small_transformer
 from rigl_keras import flops
 
 # LeNet-300-100: 784-300-100-10.
@@ -91,16 +98,16 @@ def _lenet5(masked=True):
 @pytest.mark.parametrize("masked", [True, False])
 def test_lenet300_dense_inference_flops(masked):
     model = _lenet300(masked)
-    assert flops.inference_flops(model, sparse=False) == LENET300_DENSE
+    assert by_layer(flops.inference_flops(model, sparse=False)) == LENET300_DENSE
     # All weights active (fresh masks / glorot kernels): sparse == dense.
-    assert flops.inference_flops(model, sparse=True) == LENET300_DENSE
+    assert by_layer(flops.inference_flops(model, sparse=True)) == LENET300_DENSE
     assert sum(LENET300_DENSE.values()) == LENET300_DENSE_TOTAL
 
 
 def test_lenet300_known_mask():
     model = _lenet300_known_mask()
-    assert flops.inference_flops(model) == LENET300_SPARSE
-    assert flops.inference_flops(model, sparse=False) == LENET300_DENSE
+    assert by_layer(flops.inference_flops(model)) == LENET300_SPARSE
+    assert by_layer(flops.inference_flops(model, sparse=False)) == LENET300_DENSE
 
 
 def test_masked_layer_counts_mask_not_kernel_zeros():
@@ -110,7 +117,7 @@ def test_masked_layer_counts_mask_not_kernel_zeros():
     kernel = fc3.kernel.numpy()
     kernel[:50] = 0.0  # 50 rows * 10 = 500 zero but active entries.
     fc3.kernel.assign(kernel)
-    assert flops.inference_flops(model)["fc3"] == 2 * 1_000
+    assert by_layer(flops.inference_flops(model))["fc3"] == 2 * 1_000
 
 
 def test_plain_layer_counts_non_zero_kernel_entries():
@@ -119,14 +126,14 @@ def test_plain_layer_counts_non_zero_kernel_entries():
     kernel = fc3.kernel.numpy()
     kernel[:50] = 0.0  # 500 of 1,000 entries zero -> 2 * 500 FLOPs.
     fc3.kernel.assign(kernel)
-    assert flops.inference_flops(model)["fc3"] == 1_000
-    assert flops.inference_flops(model, sparse=False)["fc3"] == 2_000
+    assert by_layer(flops.inference_flops(model))["fc3"] == 1_000
+    assert by_layer(flops.inference_flops(model, sparse=False))["fc3"] == 2_000
 
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_lenet5_dense_inference_flops(masked):
     model = _lenet5(masked)
-    assert flops.inference_flops(model, sparse=False) == LENET5_DENSE
+    assert by_layer(flops.inference_flops(model, sparse=False)) == LENET5_DENSE
     assert sum(LENET5_DENSE.values()) == LENET5_DENSE_TOTAL
 
 
@@ -140,7 +147,7 @@ def test_lenet5_known_mask():
     for i, layer in enumerate(rigl_keras.masked_layers(model)):
         layer.mask.assign(_mask_with_ones(layer.mask.shape, ones[layer.name], i))
         layer.apply_mask()
-    assert flops.inference_flops(model) == {
+    assert by_layer(flops.inference_flops(model)) == {
         "conv1": 115_200,
         "conv2": 320_000,
         "fc1": 80_000,
@@ -164,16 +171,16 @@ def test_conv_strides_same_padding_and_channels_first():
                 ),
             ]
         )
-        assert flops.inference_flops(model) == {"c": 84_672}
+        assert by_layer(flops.inference_flops(model)) == {"c": 84_672}
 
 
 def test_dense_on_sequences_counts_every_position():
     # Dense(4) on (5, 8): 2 * (8 * 4) * 5 positions = 320.
     model = keras.Sequential([keras.Input((5, 8)), keras.layers.Dense(4, name="d")])
-    assert flops.inference_flops(model) == {"d": 320}
+    assert by_layer(flops.inference_flops(model)) == {"d": 320}
 
 
-def test_other_layers_are_not_counted():
+def test_depthwise_is_counted_normalization_is_not():
     model = keras.Sequential(
         [
             keras.Input((8, 8, 2)),
@@ -183,8 +190,20 @@ def test_other_layers_are_not_counted():
             keras.layers.Dense(3, name="d"),
         ]
     )
-    # Only d: 6*6*2 = 72 inputs -> 2 * 72 * 3 = 432.
-    assert flops.inference_flops(model) == {"d": 432}
+    # dw: 3*3*2*1 = 18 weights at 6*6 = 36 output positions: 2 * 18 * 36 =
+    # 1,296. d: 6*6*2 = 72 inputs -> 2 * 72 * 3 = 432.
+    assert by_layer(flops.inference_flops(model)) == {"dw": 1_296, "d": 432}
+
+
+def test_embedding_transposed_conv_and_rnn_are_not_counted():
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(20, 4, name="embed")(tokens)
+    h = keras.layers.LSTM(3, return_sequences=True, name="lstm")(h)
+    h = keras.layers.Conv1DTranspose(2, 3, name="up")(h)
+    outputs = keras.layers.Dense(5, name="d")(h)
+    model = keras.Model(tokens, outputs)
+    # d on (8, 2): 2 * (2 * 5) * 8 positions = 160.
+    assert by_layer(flops.inference_flops(model)) == {"d": 160}
 
 
 def test_nested_model_layers_are_counted():
@@ -195,13 +214,136 @@ def test_nested_model_layers_are_counted():
     outputs = keras.layers.Dense(2, name="outer_d")(inner(inputs))
     model = keras.Model(inputs, outputs)
     # inner_d: 2 * 4 * 3 = 24; outer_d: 2 * 3 * 2 = 12.
-    assert flops.inference_flops(model) == {"inner_d": 24, "outer_d": 12}
+    assert by_layer(flops.inference_flops(model)) == {"inner_d": 24, "outer_d": 12}
 
 
 def test_unbuilt_model_raises():
     model = keras.Sequential([keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="not built"):
         flops.inference_flops(model)
+
+
+# Sparsified models: every counted weight by its mask.
+#
+# small_transformer(): 8 tokens of width 16, MHA of 2 heads x 8.
+#   mha/query, key, value: kernel 16x2x8 = 256 at 8 positions -> 4,096 each
+#   mha/attention_output: kernel 2x8x16 = 256 at 8 positions  -> 4,096
+#   ff1: 16x32 = 512 at 8 positions                           -> 8,192
+#   ff2: 32x16 = 512 at 8 positions                           -> 8,192
+#   head: 16x10 = 160 on the pooled vector                    ->   320
+#   embed: a lookup, not counted; total dense                 = 33,088
+TRANSFORMER_DENSE = {
+    "mha/query/kernel": 4_096, "mha/key/kernel": 4_096,
+    "mha/value/kernel": 4_096, "mha/attention_output/kernel": 4_096,
+    "ff1/kernel": 8_192, "ff2/kernel": 8_192, "head/kernel": 320,
+}
+
+
+def test_transformer_dense_flops_hand_computed():
+    model = small_transformer()
+    assert flops.inference_flops(model, sparse=False) == TRANSFORMER_DENSE
+    assert sum(TRANSFORMER_DENSE.values()) == 33_088
+    rigl_keras.sparsify(model)  # all-ones masks: the same counts
+    assert flops.inference_flops(model) == TRANSFORMER_DENSE
+
+
+def test_sparsified_transformer_counts_its_masks():
+    model = small_transformer()
+    rigl_keras.sparsify(model)
+    active = {
+        "mha/query/kernel": 32, "mha/key/kernel": 0, "mha/value/kernel": 256,
+        "mha/attention_output/kernel": 100, "ff1/kernel": 51,
+        "ff2/kernel": 1, "head/kernel": 16,
+    }
+    weights = {w.key: w for w in rigl_keras.masked_weights(model)}
+    for key, n in active.items():
+        keep_first(weights[key], n)
+    # 2 * active * positions (8 for all but head).
+    assert flops.inference_flops(model) == {
+        "mha/query/kernel": 512, "mha/key/kernel": 0, "mha/value/kernel": 4_096,
+        "mha/attention_output/kernel": 1_600, "ff1/kernel": 816,
+        "ff2/kernel": 16, "head/kernel": 32,
+    }
+    # A weight grown at 0.0 is active: the mask counts, not the values.
+    weights["head/kernel"].variable.assign(np.zeros((16, 10), "float32"))
+    assert flops.inference_flops(model)["head/kernel"] == 32
+    assert flops.inference_flops(model, sparse=False) == TRANSFORMER_DENSE
+
+
+def test_cross_attention_counts_query_and_source_positions():
+    query, source = keras.Input((8, 16)), keras.Input((5, 12))
+    outputs = keras.layers.MultiHeadAttention(2, 4, name="mha")(query, source)
+    model = keras.Model([query, source], outputs)
+    # query 16x2x4 = 128 and attention_output 2x4x16 = 128 at the 8 query
+    # positions; key and value 12x2x4 = 96 at the 5 source positions.
+    assert flops.inference_flops(model, sparse=False) == {
+        "mha/query/kernel": 2 * 128 * 8, "mha/key/kernel": 2 * 96 * 5,
+        "mha/value/kernel": 2 * 96 * 5, "mha/attention_output/kernel": 2 * 128 * 8,
+    }
+
+
+def test_einsum_dense_with_an_ellipsis():
+    model = keras.Sequential([
+        keras.Input((3, 5, 6)),
+        keras.layers.EinsumDense("...c,cd->...d", output_shape=4, name="e"),
+    ])
+    # 6x4 = 24 weights used at 3 * 5 = 15 positions: 2 * 24 * 15 = 720.
+    assert by_layer(flops.inference_flops(model)) == {"e": 720}
+
+
+def test_separable_conv_counts_both_kernels():
+    model = keras.Sequential([
+        keras.Input((9, 9, 4)),
+        keras.layers.SeparableConv2D(6, 3, strides=2, padding="valid", name="sep"),
+    ], name="m")
+    rigl_keras.sparsify(model)
+    weights = {w.key: w for w in rigl_keras.masked_weights(model)}
+    keep_first(weights["m/sep/depthwise_kernel"], 10)
+    # Output 4x4 = 16 positions. depthwise 3x3x4x1 = 36 (10 active),
+    # pointwise 1x1x4x6 = 24: 2 * 36 * 16 = 1,152 dense, 2 * 10 * 16 = 320
+    # sparse; 2 * 24 * 16 = 768.
+    assert flops.inference_flops(model, sparse=False) == {
+        "m/sep/depthwise_kernel": 1_152, "m/sep/pointwise_kernel": 768}
+    assert flops.inference_flops(model) == {
+        "m/sep/depthwise_kernel": 320, "m/sep/pointwise_kernel": 768}
+
+
+def test_unknown_sequence_length_raises():
+    tokens = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(10, 4)(tokens)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="d")(h))
+    with pytest.raises(ValueError, match="fixed input size"):
+        flops.inference_flops(model)
+
+
+def _mobilenet():
+    keras.utils.set_random_seed(0)
+    return keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35)
+
+
+def test_mobilenet_v2_every_masked_weight_counted_by_its_mask():
+    model = _mobilenet()
+    rigl_keras.sparsify(model)
+    weights = rigl_keras.masked_weights(model)
+    dense = flops.inference_flops(model, sparse=False)
+    assert list(dense) == [w.key for w in weights]  # 35 conv, 17 depthwise, 1 dense
+    # Hand-computed: Conv1 16 filters 3x3x3, stride 2 -> 16x16:
+    # 2 * 432 * 256; the first depthwise 3x3x16 at 16x16: 2 * 144 * 256;
+    # predictions 1280x10 on a vector.
+    assert dense["Conv1/kernel"] == 221_184
+    assert dense["expanded_conv_depthwise/kernel"] == 73_728
+    assert dense["predictions/kernel"] == 25_600
+    # Every weight by the output size Keras computed for its layer.
+    for w in weights:
+        spatial = tuple(w.layer.output.shape)[1:-1]
+        assert dense[w.key] == 2 * w.size * int(np.prod(spatial)), w.key
+    for i, w in enumerate(weights):
+        keep_first(w, w.size // (i + 2))
+    sparse = flops.inference_flops(model)
+    for w in weights:
+        positions = dense[w.key] // (2 * w.size)
+        assert sparse[w.key] == 2 * (w.size // (weights.index(w) + 2)) * positions
 
 
 # ---------------------------------------------------------------------------
@@ -466,7 +608,7 @@ def test_pruning_training_flops_bad_inputs():
 
 def test_model_without_counted_layers_raises():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Flatten()])
-    with pytest.raises(ValueError, match="no Dense/Conv2D"):
+    with pytest.raises(ValueError, match="no layer whose FLOPs are counted"):
         flops.training_flops(model, "dense")
 
 

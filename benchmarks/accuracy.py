@@ -92,6 +92,7 @@ except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on s
     import _common
 from rigl_keras import data as data_lib
 from rigl_keras import distributions
+from rigl_keras import masking
 from rigl_keras import models as models_lib
 from rigl_keras import train as train_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -259,14 +260,19 @@ def plan_runs(models, methods, sparsities, epochs, seeds, lenet5_methods=None,
 
 
 def erk_targets(model, sparsity, data_dir=None):
-    """Per-layer ERK sparsities of a model, as `rigl_keras` distributes them."""
+    """Per-layer ERK sparsities of a model, as `rigl_keras` distributes them.
+
+    Keyed by layer name, as the TFMOT script (Keras 2) prunes layers: each
+    of the paper's layers has one kernel.
+    """
     info = data_lib.dataset_info(_DATASET, data_dir)
     plain = models_lib.build(
         model, masked=False, input_shape=info.input_shape, num_classes=info.num_classes
     )
-    return distributions.distribute_sparsity(
+    targets = distributions.distribute_sparsity(
         models_lib.kernel_shapes(plain), sparsity, method="erk"
     )
+    return {w.layer.name: targets[w.key] for w in masking.kernel_weights(plain)}
 
 
 def run_command(spec, results_json, data_dir=None, python=None):

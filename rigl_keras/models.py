@@ -50,6 +50,7 @@ import math
 import keras
 
 from rigl_keras import layers as layers_lib
+from rigl_keras import masking
 
 __all__ = [
     "ARCHITECTURES",
@@ -452,17 +453,16 @@ def wrn(
 # Kernel counting and the small-dense baseline.
 
 
-def _is_kernel_layer(layer):
-    return isinstance(
-        layer, (layers_lib.MaskedLayer, keras.layers.Dense, keras.layers.Conv2D)
-    )
-
-
 def kernel_shapes(model):
-    """`{layer.name: kernel shape}` of a model's dense and conv layers.
+    """`{variable path: shape}` of the weights `rigl_keras.sparsify` masks.
 
-    Counts `MaskedDense`, `MaskedConv2D`, `Dense` and `Conv2D` layers, in
-    model order (nested models included).
+    The weights of `rigl_keras.masking.kernel_weights`, in its order
+    (nested layers included): the masked weights, and in layers without
+    masks the kernels of `Dense`, `EinsumDense`, `Conv*`, depthwise and
+    separable convolutions, the embeddings of `Embedding`, the kernels of
+    recurrent cells. For the paper's models: every `MaskedDense` /
+    `MaskedConv2D` (or `Dense` / `Conv2D`) kernel. The keys are those of
+    the callbacks' `distribution` dicts and logs.
 
     Args:
         model: A built Keras model.
@@ -473,17 +473,16 @@ def kernel_shapes(model):
     Example:
 
     >>> kernel_shapes(lenet300_100())
-    {'fc1': (784, 300), 'fc2': (300, 100), 'fc3': (100, 10)}
+    {'fc1/kernel': (784, 300), 'fc2/kernel': (300, 100), 'fc3/kernel': (100, 10)}
     """
-    shapes = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if _is_kernel_layer(layer):
-            shapes[layer.name] = tuple(int(d) for d in layer.kernel.shape)
-    return shapes
+    return {
+        weight.key: tuple(int(d) for d in weight.variable.shape)
+        for weight in masking.kernel_weights(model)
+    }
 
 
 def kernel_param_count(model):
-    """Number of kernel weights (dense and conv layers; no bias, no mask).
+    """Number of entries of the `kernel_shapes` weights (no bias, no mask).
 
     Example:
 

@@ -123,7 +123,8 @@ def test_tfmot_command_matches_train_command():
     # The per-layer targets are rigl_keras' ERK targets of the same model.
     plain = models.build("lenet300_100", masked=False, input_shape=(28, 28, 1),
                          num_classes=10)
-    expected = distributions.distribute_sparsity(models.kernel_shapes(plain), 0.98, "erk")
+    expected = _helpers.by_layer(
+        distributions.distribute_sparsity(models.kernel_shapes(plain), 0.98, "erk"))
     assert json.loads(flags["layer_sparsity"]) == pytest.approx(expected)
     # The script parses every flag it is given, with the same values.
     parsed = accuracy_tfmot.parse_args(argv[2:])
@@ -143,7 +144,8 @@ def test_tfmot_script_defaults_equal_cli_defaults():
 @pytest.mark.parametrize("model", ["lenet300_100", "lenet5"])
 def test_tfmot_kernel_shapes_and_targets_match_library(model):
     plain = models.build(model, masked=False, input_shape=(28, 28, 1), num_classes=10)
-    shapes = models.kernel_shapes(plain)
+    # The TFMOT script keys by layer name, the library by variable path.
+    shapes = _helpers.by_layer(models.kernel_shapes(plain))
     assert accuracy_tfmot.kernel_shapes(model) == shapes
     assert list(accuracy_tfmot.kernel_shapes(model)) == list(shapes)
     assert accuracy_tfmot.erk_targets(model, 0.95) == pytest.approx(

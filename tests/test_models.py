@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 import rigl_keras
+from _helpers import by_layer  # tests/_helpers.py
+from _helpers import small_conv_net
+from _helpers import small_transformer
 from rigl_keras import models
 
 
@@ -56,7 +59,7 @@ def test_lenet5_on_cifar_shapes():
 
 def test_wrn_22_2_kernel_shapes():
     model = models.wrn(depth=22, width=2)
-    shapes = models.kernel_shapes(model)
+    shapes = by_layer(models.kernel_shapes(model))
     assert shapes["conv1"] == (3, 3, 3, 16)
     # Group 1 (32 filters, stride 1): 16 -> 32 needs a projection shortcut.
     assert shapes["group1_block1_conv_a"] == (3, 3, 16, 32)
@@ -102,9 +105,9 @@ def test_weight_decay_is_l2_of_half_the_coefficient():
 def test_width_multiplier_and_explicit_widths():
     model = models.lenet300_100(width_multiplier=0.5, masked=False)
     assert models.kernel_shapes(model) == {
-        "fc1": (784, 150), "fc2": (150, 50), "fc3": (50, 10)}
+        "fc1/kernel": (784, 150), "fc2/kernel": (150, 50), "fc3/kernel": (50, 10)}
     model = models.wrn(depth=10, width=2, widths=(8, 9, 10, 11), masked=False)
-    shapes = models.kernel_shapes(model)
+    shapes = by_layer(models.kernel_shapes(model))
     assert shapes["conv1"] == (3, 3, 3, 8)
     assert shapes["group3_block1_conv_b"] == (3, 3, 11, 11)
     assert models.base_widths("wrn", depth=22, width=2) == (16, 32, 64, 128)
@@ -168,6 +171,34 @@ def test_small_dense_matches_target_within_one_percent(architecture, kwargs, spa
         k: v for k, v in kwargs.items() if k in ("depth", "width")})
     for b, w in zip(base, solution.widths):
         assert abs(w - max(1, math.floor(b * solution.width_multiplier + 0.5))) <= 1
+
+
+def test_kernel_shapes_of_sparsified_models_are_the_masked_weights():
+    model = small_transformer()
+    plain = models.kernel_shapes(model)
+    # The embeddings and the attention kernels (EinsumDense) included.
+    assert plain == {
+        "embed/embeddings": (50, 16), "mha/query/kernel": (16, 2, 8),
+        "mha/key/kernel": (16, 2, 8), "mha/value/kernel": (16, 2, 8),
+        "mha/attention_output/kernel": (2, 8, 16), "ff1/kernel": (16, 32),
+        "ff2/kernel": (32, 16), "head/kernel": (16, 10),
+    }
+    rigl_keras.sparsify(model, filters=["mha", "head"])
+    # Masked or not, the same weights; the masked ones are get_masks'.
+    assert models.kernel_shapes(model) == plain
+    assert set(rigl_keras.get_masks(model)) == {
+        "mha/query/kernel", "mha/key/kernel", "mha/value/kernel",
+        "mha/attention_output/kernel", "head/kernel"}
+    convnet = small_conv_net()
+    rigl_keras.sparsify(convnet)
+    shapes = models.kernel_shapes(convnet)
+    assert shapes == {k: v.shape for k, v in rigl_keras.get_masks(convnet).items()}
+    assert shapes == {
+        "conv/kernel": (3, 3, 3, 8), "dw/kernel": (3, 3, 8, 1),
+        "sep/depthwise_kernel": (3, 3, 8, 1), "sep/pointwise_kernel": (1, 1, 8, 16),
+        "head/kernel": (16, 4),
+    }
+    assert models.kernel_param_count(convnet) == 216 + 72 + 72 + 128 + 64
 
 
 def test_kernel_param_count_ignores_bias_and_mask():

@@ -376,7 +376,7 @@ def test_bad_config_raises_value_error_in_python_words(kwargs, message):
 def test_layer_names_known_before_building_are_the_built_ones(model, kwargs):
     architecture = train_lib.MODELS[model].architecture
     built = models.build(architecture, input_shape=(32, 32, 3), num_classes=10, **kwargs)
-    expected = list(models.kernel_shapes(built))
+    expected = list(by_layer(models.kernel_shapes(built)))
     names = train_lib._kernel_layer_names(
         model, kwargs.get("depth", 22), kwargs.get("width", 2))
     assert sorted(names) == sorted(expected)

@@ -12,6 +12,7 @@ import keras
 from rigl_keras import engine as engine_lib
 from rigl_keras import pruning
 from rigl_keras import rigl_engine
+from rigl_keras import structures
 
 __all__ = ["GradualPruningCallback", "MaskCallback", "RigLCallback"]
 
@@ -56,6 +57,7 @@ class MaskCallback(keras.callbacks.Callback):
     dense_layers = _engine_attribute("dense_layers")
     erk_power_scale = _engine_attribute("erk_power_scale")
     verbose = _engine_attribute("verbose")
+    structure = _engine_attribute("structure")
     weights = _engine_attribute("weights")
     target_sparsities = _engine_attribute("target_sparsities")
     resolved_end_step = _engine_attribute("resolved_end_step")
@@ -132,6 +134,12 @@ class RigLCallback(MaskCallback):
             the sparsity budget for ER/ERK.
         erk_power_scale: Exponent of the ERK raw scores.
         verbose: 0 (silent) or 1 (one line per mask update).
+        structure: `None` (unstructured), a `rigl_keras.structures.Block`
+            or `NM` for every sparse weight, or a dict `{weight path or
+            layer name: structure or None}`. With `Block` whole blocks are
+            dropped and grown (zero blocks: `floor(s * blocks)`); with
+            `NM(n, m)` every group of m inputs keeps exactly n active, and
+            every structured weight's sparsity must be `1 - n/m`.
 
     Raises:
         ValueError: For any argument outside its allowed range.
@@ -140,15 +148,15 @@ class RigLCallback(MaskCallback):
 
     >>> model = keras.Sequential([
     ...     keras.Input((20,)),
-    ...     keras.layers.Dense(64, activation="relu"),
-    ...     keras.layers.Dense(1)])
+    ...     keras.layers.Dense(128, activation="relu"),
+    ...     keras.layers.Dense(10)])
     >>> report = rigl_keras.sparsify(model)
     >>> model.compile("sgd", "mse")
-    >>> x, y = np.random.rand(256, 20), np.random.rand(256, 1)
+    >>> x, y = np.random.rand(256, 20), np.random.rand(256, 10)
     >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[
-    ...     rigl_keras.RigLCallback(sparsity=0.9, update_freq=4, seed=0)])
+    ...     rigl_keras.RigLCallback(sparsity=0.8, update_freq=4, seed=0)])
     >>> round(history.history["sparsity"][-1], 2)
-    0.9
+    0.8
     """
 
     def __init__(
@@ -166,6 +174,7 @@ class RigLCallback(MaskCallback):
         dense_layers=(),
         erk_power_scale=1.0,
         verbose=0,
+        structure=None,
     ):
         super().__init__(
             rigl_engine.RigLEngine(
@@ -182,6 +191,7 @@ class RigLCallback(MaskCallback):
                 dense_layers=dense_layers,
                 erk_power_scale=erk_power_scale,
                 verbose=verbose,
+                structure=structure,
             )
         )
 
@@ -224,11 +234,13 @@ class RigLCallback(MaskCallback):
             "dense_layers": list(self.dense_layers),
             "erk_power_scale": self.erk_power_scale,
             "verbose": self.verbose,
+            "structure": structures.serialize_argument(self.structure),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config["structure"] = structures.deserialize_argument(config.get("structure"))
         if isinstance(config.get("drop_fraction_schedule"), dict):
             config["drop_fraction_schedule"] = keras.saving.deserialize_keras_object(
                 config["drop_fraction_schedule"]
@@ -265,6 +277,11 @@ class GradualPruningCallback(MaskCallback):
             budget for ER/ERK).
         erk_power_scale: Exponent of the ERK raw scores.
         verbose: 0 (silent) or 1 (one line per pruning step).
+        structure: As in `RigLCallback`. `Block` weights are pruned in
+            whole blocks (`floor(s_t * blocks)` zero blocks at step t);
+            `NM` weights are pruned to n:m at the first pruning step, by
+            magnitude within each group (one shot, as NVIDIA's ASP does),
+            and their final sparsity must be `1 - n/m`.
 
     Raises:
         ValueError: For any argument outside its allowed range.
@@ -295,6 +312,7 @@ class GradualPruningCallback(MaskCallback):
         dense_layers=(),
         erk_power_scale=1.0,
         verbose=0,
+        structure=None,
     ):
         super().__init__(
             pruning.GradualPruningEngine(
@@ -307,6 +325,7 @@ class GradualPruningCallback(MaskCallback):
                 dense_layers=dense_layers,
                 erk_power_scale=erk_power_scale,
                 verbose=verbose,
+                structure=structure,
             )
         )
 
@@ -331,8 +350,11 @@ class GradualPruningCallback(MaskCallback):
             "dense_layers": list(self.dense_layers),
             "erk_power_scale": self.erk_power_scale,
             "verbose": self.verbose,
+            "structure": structures.serialize_argument(self.structure),
         }
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        config["structure"] = structures.deserialize_argument(config.get("structure"))
         return cls(**config)

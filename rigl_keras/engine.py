@@ -30,6 +30,8 @@ from rigl_keras import distributions
 from rigl_keras import gradients
 from rigl_keras import masking
 from rigl_keras import optimizer_state
+from rigl_keras import structured_masks
+from rigl_keras import structures
 
 __all__ = [
     "MaskEngine",
@@ -141,6 +143,10 @@ class MaskEngine:
         erk_power_scale: Exponent of the ERK raw scores.
         verbose: 0 or 1.
         allow_static: Whether `update_freq=None` is allowed.
+        structure: `None` (unstructured masks), a
+            `rigl_keras.structures.Structure` (`Block`, `NM`) for every
+            sparse weight, or a dict `{weight path or layer name: Structure
+            or None}`. Weights kept dense carry no structure.
 
     Raises:
         ValueError: For any argument outside its allowed range.
@@ -157,7 +163,9 @@ class MaskEngine:
         erk_power_scale,
         verbose,
         allow_static=False,
+        structure=None,
     ):
+        structures.validate_argument(structure)
         if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
             raise ValueError(
                 "`sparsity` must be a number in [0, 1). "
@@ -208,6 +216,7 @@ class MaskEngine:
         self.dense_layers = tuple(dense_layers)
         self.erk_power_scale = float(erk_power_scale)
         self.verbose = int(verbose)
+        self.structure = structure
         self.model = None
         self.optimizer = None
         self._fit_params = None
@@ -319,6 +328,7 @@ class MaskEngine:
             optimizer_state.check_optimizer_supported(self.optimizer)
             self._check_steps_per_call()
         self._targets = self._resolve_targets()
+        self._resolve_structures()
         self._window_started = False
         self._updates_left = self.update_freq is not None
         self._next_update = None
@@ -470,6 +480,46 @@ class MaskEngine:
             dense_layers=self.dense_layers,
             erk_power_scale=self.erk_power_scale,
         )
+
+    def _resolve_structures(self):
+        """Per-weight structures and matrix views, checked against the
+        weights' shapes and target sparsities."""
+        per_key = structures.per_weight(self._weights, self.structure)
+        self._structures, self._views = {}, {}
+        for w in self._weights:
+            structure = per_key[w.key]
+            if structure is None or self._targets[w.key] == 0.0:
+                continue
+            self._views[w.key] = structure.validate(w)
+            try:
+                self._targets[w.key] = structure.check_sparsity(self._targets[w.key], w.key)
+            except ValueError as error:
+                raise ValueError(
+                    f"{error}. With {structure!r} every structured weight has "
+                    "that sparsity: pass it as `sparsity` with "
+                    "distribution='uniform', or a distribution dict."
+                ) from None
+            self._structures[w.key] = structure
+
+    def _target_zero_counts(self, sparsities):
+        """`{weight key: zeros}` at `{weight key: sparsity}`, in whole units
+        for structured weights."""
+        shapes = {w.key: w.shape for w in self._weights}
+        zeros = distributions.layer_zero_counts(shapes, sparsities)
+        for key, structure in self._structures.items():
+            zeros[key] = structure.zero_entries(self._views[key], sparsities[key])
+        return zeros
+
+    def _check_structures(self, weights):
+        """Raises if the mask of one of `weights` lacks its structure."""
+        result = structured_masks.check_weights(weights, self._structures)
+        if not result:
+            (key, reason), *_ = result.violations.items()
+            raise ValueError(
+                f"Weight '{key}' already has a mask without the structure "
+                f"{self._structures[key]!r}: {reason}. Start from an all-ones "
+                "mask (a freshly sparsified model) or pass another `structure`."
+            )
 
     def _resolve_end_step(self, epoch):
         """`end_step`, or 75% of this fit()'s steps counted from epoch 0.

@@ -32,6 +32,7 @@ from rigl_keras import engine as engine_lib
 from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
+from rigl_keras import structures
 from rigl_keras import updaters
 
 __all__ = ["GradualPruningEngine"]
@@ -86,6 +87,7 @@ class GradualPruningEngine(engine_lib.MaskEngine):
         dense_layers=(),
         erk_power_scale=1.0,
         verbose=0,
+        structure=None,
     ):
         super().__init__(
             sparsity,
@@ -96,6 +98,7 @@ class GradualPruningEngine(engine_lib.MaskEngine):
             dense_layers,
             erk_power_scale,
             verbose,
+            structure=structure,
         )
         if (
             not engine_lib.is_real(initial_sparsity)
@@ -150,6 +153,8 @@ class GradualPruningEngine(engine_lib.MaskEngine):
             for weight in self._weights:
                 weight.apply_mask()
         self._zero_counts = self._mask_zero_counts()
+        # Masks only shrink: one that lacks its structure keeps lacking it.
+        self._check_structures([w for w in self._weights if self._zero_counts[w.key]])
         self._schedules = None
         self._updates_left = bool(self._pruned)
 
@@ -198,26 +203,35 @@ class GradualPruningEngine(engine_lib.MaskEngine):
         ]
 
         @tf.function
-        def update(keep_counts, step):
+        def update(counts, step):
             results = []
             for i, (weight, weight_seed) in enumerate(zip(self._pruned, seeds)):
                 results.append(
-                    self._prune_weight(weight, keep_counts[i], step, weight_seed)
+                    self._prune_weight(weight, counts[i], step, weight_seed)
                 )
             return results
 
         return update
 
-    def _prune_weight(self, weight, keep, step, layer_seed):
+    def _prune_weight(self, weight, count, step, layer_seed):
+        """Prunes one weight by magnitude.
+
+        `count` is the number of entries to keep (unstructured), or of
+        units (blocks, entries for N:M) to zero (structured).
+        """
         kernel = tf.convert_to_tensor(weight.variable)
         mask = tf.convert_to_tensor(weight.mask)
         finite = tf.reduce_all(tf.math.is_finite(tf.cast(kernel, tf.float32)))
         active = mask > 0
-        nnz = tf.reduce_sum(tf.cast(active, tf.int32))
         seed = tf.stack([tf.constant(layer_seed, tf.int64), tf.cast(step, tf.int64)])
-        kept = updaters.select_top_k(
-            tf.abs(kernel), active, tf.minimum(keep, nnz), seed
-        )
+        structure = self._structures.get(weight.key)
+        if structure is None:
+            nnz = tf.reduce_sum(tf.cast(active, tf.int32))
+            kept = updaters.select_top_k(tf.abs(kernel), active, tf.minimum(count, nnz), seed)
+        else:
+            kept = structures.prune_mask(
+                tf.abs(kernel), mask, structure, count, seed, view=self._views[weight.key]
+            ) > 0
         kept = tf.where(finite, kept, active)
         pruned = tf.logical_and(active, tf.logical_not(kept))
         weight.mask.assign(tf.cast(kept, mask.dtype))
@@ -229,15 +243,29 @@ class GradualPruningEngine(engine_lib.MaskEngine):
             "zeros": engine_lib.count_true(tf.logical_not(kept)),
         }
 
-    def _prune(self, step):
+    def _prune_counts(self, step):
+        """Per pruned weight: entries to keep, or structured units to zero."""
         targets = {
             w.key: float(self._schedules[w.key](step)) for w in self._pruned
         }
         zeros = distributions.layer_zero_counts(self._shapes, targets)
-        keep = [w.size - zeros[w.key] for w in self._pruned]
+        counts = []
+        for w in self._pruned:
+            structure = self._structures.get(w.key)
+            if structure is None:
+                counts.append(w.size - zeros[w.key])
+            elif isinstance(structure, structures.NM):
+                # N:M has one sparsity: the final one, from the first step.
+                counts.append(structure.zero_units(self._views[w.key], self._targets[w.key]))
+            else:
+                counts.append(structure.zero_units(self._views[w.key], targets[w.key]))
+        return counts
+
+    def _prune(self, step):
+        counts = self._prune_counts(step)
         with self._strategy.scope():
             update = self._cached_for_model("update", self._build_update_function)
-            results = update(tf.constant(keep, tf.int32), tf.constant(step, tf.int64))
+            results = update(tf.constant(counts, tf.int32), tf.constant(step, tf.int64))
         total_pruned = 0
         for weight, result in zip(self._pruned, results):
             self._zero_counts[weight.key] = int(result["zeros"])

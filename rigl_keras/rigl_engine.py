@@ -19,13 +19,13 @@ import warnings
 import keras
 import tensorflow as tf
 
-from rigl_keras import distributions
 from rigl_keras import engine as engine_lib
 from rigl_keras import gradients
 from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import recording
 from rigl_keras import schedules
+from rigl_keras import structures
 from rigl_keras import updaters
 
 __all__ = ["RigLEngine"]
@@ -66,6 +66,7 @@ class RigLEngine(engine_lib.MaskEngine):
         dense_layers=(),
         erk_power_scale=1.0,
         verbose=0,
+        structure=None,
     ):
         super().__init__(
             sparsity,
@@ -77,6 +78,7 @@ class RigLEngine(engine_lib.MaskEngine):
             erk_power_scale,
             verbose,
             allow_static=True,
+            structure=structure,
         )
         if not engine_lib.is_real(drop_fraction) or not 0.0 < drop_fraction <= 1.0:
             raise ValueError(
@@ -156,9 +158,18 @@ class RigLEngine(engine_lib.MaskEngine):
     def _weight_seed(self, weight):
         return masking.weight_seed(self.seed, self._seed_names[weight.key])
 
+    def _initial_mask(self, weight, num_zeros):
+        """A random mask with exactly `num_zeros` zeros (and the structure)."""
+        seed = self._weight_seed(weight)
+        structure = self._structures.get(weight.key)
+        if structure is None:
+            return masking.random_mask(weight.shape, num_zeros, seed)
+        view = self._views[weight.key]
+        zero_units = structure.zero_units(view, self._targets[weight.key])
+        return structures.initial_mask(weight.shape, structure, zero_units, seed, view=view)
+
     def _initialize_masks(self):
-        shapes = {w.key: w.shape for w in self._weights}
-        targets = distributions.layer_zero_counts(shapes, self._targets)
+        targets = self._target_zero_counts(self._targets)
         start_training = self._cached_for_model(
             "start_training", self._build_start_function
         )
@@ -169,9 +180,10 @@ class RigLEngine(engine_lib.MaskEngine):
                 if zeros == 0 and targets[w.key] > 0
             ]
             for w in fresh:  # An all-ones mask: draw the initial one.
-                w.mask.assign(masking.random_mask(w.shape, targets[w.key], self._weight_seed(w)))
+                w.mask.assign(self._initial_mask(w, targets[w.key]))
             if fresh:
                 zero_counts = start_training().numpy()
+        self._check_structures(self._weights)
         self._zero_counts = {
             w.key: int(zeros) for w, zeros in zip(self._weights, zero_counts)
         }
@@ -382,8 +394,13 @@ class RigLEngine(engine_lib.MaskEngine):
         )
         seed = tf.stack([tf.constant(weight_seed, tf.int64), tf.cast(step, tf.int64)])
 
+        structure = self._structures.get(weight.key)
+        view = self._views.get(weight.key)
+
         def apply_update():
-            result = self.updater.update(kernel, mask, gradient, drop_fraction, seed)
+            result = self.updater.update(
+                kernel, mask, gradient, drop_fraction, seed, structure=structure, view=view
+            )
             weight.mask.assign(result.mask)
             weight.variable.assign(result.kernel)
             changed = tf.logical_or(result.grown, result.dropped)

@@ -66,6 +66,10 @@ __all__ = [
     "parse_n_m",
     "prune_mask",
     "serialize",
+    "serialize_argument",
+    "deserialize_argument",
+    "per_weight",
+    "validate_argument",
 ]
 
 # An N:M sparsity given as a number may differ from 1 - n/m by this much.
@@ -247,6 +251,10 @@ class Block(Structure):
         rows, cols = self.validate(shape_or_view).matrix_shape
         return (rows // self.shape[0]) * (cols // self.shape[1])
 
+    def zero_entries(self, shape_or_view, sparsity):
+        """The number of zero entries at `sparsity`: whole zero blocks."""
+        return self.zero_units(shape_or_view, sparsity) * math.prod(self.shape)
+
     def zero_units(self, shape_or_view, sparsity):
         """`floor(sparsity * number_of_blocks)`, safe from float round-off."""
         sparsity = self.check_sparsity(sparsity)
@@ -330,6 +338,10 @@ class NM(Structure):
     def num_units(self, shape_or_view):
         """The number of entries of a weight (shape, view or masked weight)."""
         return math.prod(self.validate(shape_or_view).matrix_shape)
+
+    def zero_entries(self, shape_or_view, sparsity):
+        """The number of zero entries, `(1 - n/m) * size`."""
+        return self.zero_units(shape_or_view, sparsity)
 
     def zero_units(self, shape_or_view, sparsity):
         """The zero entries, `(1 - n/m) * size`, once `sparsity` agrees."""
@@ -495,13 +507,72 @@ def check(model, structure):
     False
     """
     weights = masking.masked_weights(model)
+    return structured_masks.check_weights(weights, per_weight(weights, structure))
+
+
+def per_weight(weights, structure):
+    """`{weight key: Structure or None}` from a `structure=` argument.
+
+    Args:
+        weights: The `rigl_keras.masking.MaskedWeight`s.
+        structure: None, a `Structure` (or its config) for every weight, or
+            a dict `{weight path or unique layer name: Structure or None}`
+            (weights not named get None).
+
+    Returns:
+        A dict with every weight's key.
+
+    Raises:
+        ValueError: For a dict key that names no masked weight, or a value
+            that is not a structure.
+    """
     if isinstance(structure, dict) and not _is_config(structure):
         keys = masking.resolve_keys(weights, structure, "structure")
-        per_key = {keys[name]: get(value) for name, value in structure.items()}
-    else:
-        structure = get(structure)
-        per_key = {w.key: structure for w in weights}
-    return structured_masks.check_weights(weights, per_key)
+        given = {keys[name]: get(value) for name, value in structure.items()}
+        return {w.key: given.get(w.key) for w in weights}
+    structure = get(structure)
+    return {w.key: structure for w in weights}
+
+
+def validate_argument(structure):
+    """Raises `ValueError` unless `structure` is a valid `structure=` value.
+
+    Valid: None, a `Structure` or its config, or a dict of them (or None)
+    keyed by weight path or layer name.
+    """
+    if isinstance(structure, dict) and not _is_config(structure):
+        for name, value in structure.items():
+            try:
+                get(value)
+            except ValueError:
+                raise ValueError(
+                    "Every value of a `structure` dict must be a "
+                    "rigl_keras.structures.Structure or None. "
+                    f"Received: structure[{name!r}]={value!r}"
+                ) from None
+        return
+    try:
+        get(structure)
+    except ValueError:
+        raise ValueError(
+            "`structure` must be None, a rigl_keras.structures.Structure "
+            "(Block, NM) or a dict {weight: Structure or None}. "
+            f"Received: structure={structure!r}"
+        ) from None
+
+
+def serialize_argument(structure):
+    """The config of a `structure=` argument (a structure, dict or None)."""
+    if isinstance(structure, dict) and not _is_config(structure):
+        return {name: serialize(value) for name, value in structure.items()}
+    return serialize(get(structure))
+
+
+def deserialize_argument(config):
+    """The `structure=` argument of a `serialize_argument` config."""
+    if isinstance(config, dict) and not _is_config(config):
+        return {name: deserialize(value) for name, value in config.items()}
+    return deserialize(config)
 
 
 def _is_config(value):

@@ -446,11 +446,12 @@ def test_config_round_trip():
         "sparsity": 0.85, "distribution": {"a": 0.9}, "begin_step": 5,
         "end_step": 50, "update_freq": 5, "initial_sparsity": 0.1,
         "dense_layers": ["b"], "erk_power_scale": 0.5, "verbose": 1,
+        "structure": None,
     }
 
 
 def test_public_api():
-    assert rigl_keras.GradualPruningCallback is rigl_keras.GradualPruningCallback
+    assert rigl_keras.GradualPruningCallback is rigl_keras.callbacks.GradualPruningCallback
     assert "GradualPruningCallback" in rigl_keras.__all__
 
 

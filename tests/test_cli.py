@@ -17,7 +17,6 @@ import importlib.metadata
 import json
 import os
 import re
-import sys
 import textwrap
 
 import pytest
@@ -131,6 +130,14 @@ def test_console_script_help_exits_0_with_the_description(tmp_path):
         (["--metod=rigl"], "Unknown command line flag 'metod'"),
         (["--epochs=0"], "--epochs must be an integer >= 1; got 0"),
         (["stray"], "unexpected arguments: stray"),
+        (["--block_shape=4"], "--block_shape must be two integers >= 1 (a,b); got 4"),
+        (["--n_m=2,4"], "--sparsity must be 1 - n/m = 0.5 with --n_m 2,4; got 0.9"),
+        (["--n_m=2,4", "--sparsity=0.5"],
+         "--distribution must be uniform with --n_m; got erk"),
+        (["--n_m=3,2", "--sparsity=0.5"], "--n_m must be n,m with n <= m; got 3,2"),
+        (["--block_shape=4,1", "--n_m=2,4"], "--block_shape and --n_m exclude each other"),
+        (["--method=dense", "--block_shape=4,1"],
+         "--method must be a sparse method with --block_shape; got dense"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_before_tensorflow(tmp_path, args, message):

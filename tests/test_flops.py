@@ -308,6 +308,23 @@ def test_separable_conv_counts_both_kernels():
         "m/sep/depthwise_kernel": 320, "m/sep/pointwise_kernel": 768}
 
 
+class _Projection(keras.layers.Layer):
+    """A custom layer calling a Dense sublayer: no node records its shapes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4, name="inner")
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_dense_inside_a_custom_layer_counts_its_positions():
+    model = keras.Sequential([keras.Input((6, 3)), _Projection(name="proj")])
+    # Built on (None, 6, 3): 3x4 = 12 weights at 6 positions -> 144.
+    assert by_layer(flops.inference_flops(model)) == {"inner": 144}
+
+
 def test_unknown_sequence_length_raises():
     tokens = keras.Input((None,), dtype="int32")
     h = keras.layers.Embedding(10, 4)(tokens)

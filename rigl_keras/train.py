@@ -229,6 +229,19 @@ def _is_real(value):
     )
 
 
+def _int_pair(value):
+    """`(a, b)` of two integers >= 1 from `"a,b"` or a pair, else None."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    try:
+        pair = tuple(int(str(v).strip()) for v in value)
+    except ValueError:
+        return None
+    return pair if all(v >= 1 for v in pair) else None
+
+
 def _as_flag_value(value):
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
@@ -266,6 +279,10 @@ class TrainConfig:
         distribution: One of `DISTRIBUTIONS`.
         dense_layers: Names of masked layers to keep dense; each must be a
             layer of `model`.
+        block_shape: `(a, b)` for `rigl_keras.structures.Block((a, b))`
+            masks (`"4,1"` is TFLite's 1x4 block), or `None`.
+        n_m: `(n, m)` for `rigl_keras.structures.NM(n, m)` masks, or
+            `None`; needs `sparsity = 1 - n/m` and the uniform distribution.
         epochs: Number of epochs (>= 1).
         steps_per_epoch: Optional cap on the steps of an epoch (one epoch is
             otherwise `ceil(examples / batch_size)` steps).
@@ -305,6 +322,8 @@ class TrainConfig:
     sparsity: float = 0.9
     distribution: str = "erk"
     dense_layers: tuple = ()
+    block_shape: tuple = None
+    n_m: tuple = None
     epochs: int = 20
     steps_per_epoch: int = None
     batch_size: int = 128
@@ -330,6 +349,7 @@ class TrainConfig:
         self._check_choices()
         self._check_numbers()
         self._check_dense_layers()
+        self._check_structure()
 
     def _check_choices(self):
         for name, allowed in (
@@ -388,6 +408,51 @@ class TrainConfig:
                 f"names of {self.model}'s layers ({', '.join(names)})",
             )
 
+    def _check_structure(self):
+        for name, what in (("block_shape", "a,b"), ("n_m", "n,m")):
+            value = getattr(self, name)
+            if value is None or value == [] or value == ():
+                setattr(self, name, None)
+                continue
+            pair = _int_pair(value)
+            if pair is None:
+                raise _bad_value(name, value, f"two integers >= 1 ({what})")
+            setattr(self, name, pair)
+        if self.block_shape and self.n_m:
+            raise UsageError(
+                "`block_shape` and `n_m` exclude each other. "
+                f"Received: block_shape={self.block_shape!r}, n_m={self.n_m!r}",
+                flag_message="--block_shape and --n_m exclude each other",
+            )
+        if not (self.block_shape or self.n_m):
+            return
+        name = "block_shape" if self.block_shape else "n_m"
+        if not METHODS[self.method].masked:
+            raise _bad_value("method", self.method,
+                             f"a sparse method with `{name}`", f"a sparse method with --{name}")
+        if self.n_m:
+            n, m = self.n_m
+            if n > m:
+                raise _bad_value("n_m", self.n_m, "n,m with n <= m")
+            if abs(self.sparsity - (1 - n / m)) > 1e-6:
+                raise _bad_value("sparsity", self.sparsity,
+                                 f"1 - n/m = {1 - n / m!r} with n_m={n},{m}",
+                                 f"1 - n/m = {1 - n / m!r} with --n_m {n},{m}")
+            if self.distribution != "uniform":
+                raise _bad_value("distribution", self.distribution,
+                                 "uniform with n_m", "uniform with --n_m")
+
+    @property
+    def structure(self):
+        """The `rigl_keras.structures` object of `block_shape` / `n_m`."""
+        from rigl_keras import structures  # pylint: disable=import-outside-toplevel
+
+        if self.block_shape:
+            return structures.Block(self.block_shape)
+        if self.n_m:
+            return structures.NM(*self.n_m)
+        return None
+
     @property
     def peak_learning_rate(self):
         """`learning_rate`, or the optimizer's default when it is None."""
@@ -399,6 +464,8 @@ class TrainConfig:
         """The fields as JSON-ready values."""
         values = dataclasses.asdict(self)
         values["dense_layers"] = list(self.dense_layers)
+        for name in ("block_shape", "n_m"):
+            values[name] = None if values[name] is None else list(values[name])
         return values
 
 
@@ -546,6 +613,7 @@ def _sparse_callback(config, total_steps):
             update_freq=config.update_freq,
             initial_sparsity=0.0,
             dense_layers=config.dense_layers,
+            structure=config.structure,
         )
     return callbacks_lib.RigLCallback(
         sparsity=config.sparsity,
@@ -556,6 +624,7 @@ def _sparse_callback(config, total_steps):
         grow=method.grow,
         seed=config.seed,
         dense_layers=config.dense_layers,
+        structure=config.structure,
     )
 
 
@@ -690,6 +759,7 @@ def _prepare(config):
     )
     callbacks = []
     sparse_callback = _sparse_callback(config, total_steps)
+    _check_structure_fits(config, model)
     if sparse_callback is not None:
         callbacks.append(sparse_callback)
     if config.logdir:
@@ -698,6 +768,23 @@ def _prepare(config):
         callbacks.append(keras.callbacks.TensorBoard(config.logdir))
     return _Setup(config, start, info, num_train, steps_per_epoch, total_steps,
                   train_ds, eval_ds, model, callbacks, extra)
+
+
+def _check_structure_fits(config, model):
+    """Raises a `UsageError` naming the flag if a weight does not fit it."""
+    structure = config.structure
+    if structure is None:
+        return
+    from rigl_keras import masking  # pylint: disable=import-outside-toplevel
+
+    name = "block_shape" if config.block_shape else "n_m"
+    for weight in masking.masked_weights(model):
+        if weight.layer.name in config.dense_layers:
+            continue
+        try:
+            structure.validate(weight)
+        except ValueError as error:
+            raise UsageError(str(error), flag_message=f"--{name}: {error}") from None
 
 
 def _fit_and_report(setup):
@@ -764,8 +851,26 @@ def _results(setup, history, test_loss, test_accuracy):
         },
         "results_json": _results_path(config),
         "flags": config.to_dict(),
+        "structure": _structure_result(config, model),
         **setup.extra,
     }
+
+
+def _structure_result(config, model):
+    """`{"structure": repr, "holds": bool}` of the trained masks, or None."""
+    structure = config.structure
+    if structure is None:
+        return None
+    from rigl_keras import masking  # pylint: disable=import-outside-toplevel
+    from rigl_keras import structures  # pylint: disable=import-outside-toplevel
+
+    sparse = {
+        w.key: structure for w in masking.masked_weights(model)
+        if w.layer.name not in config.dense_layers
+    }
+    result = structures.check(model, sparse)
+    return {"structure": repr(structure), "holds": bool(result),
+            "violations": dict(result.violations)}
 
 
 def _export(model, config):
@@ -1002,6 +1107,11 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_float("sparsity", d.sparsity, "Overall sparsity in [0, 1).", **fv)
     flags.DEFINE_enum("distribution", d.distribution, list(DISTRIBUTIONS),
                       "How the sparsity is spread over layers.", **fv)
+    flags.DEFINE_list("block_shape", d.block_shape,
+                      "Block structure a,b of the masks (4,1: TFLite's 1x4 "
+                      "blocks), or unset for unstructured masks.", **fv)
+    flags.DEFINE_list("n_m", d.n_m, "N:M structure n,m of the masks (2,4); "
+                      "needs --sparsity 1-n/m and --distribution uniform.", **fv)
     flags.DEFINE_list("dense_layers", list(d.dense_layers),
                       "Comma-separated names of the model's layers to keep dense.", **fv)
     flags.DEFINE_integer("epochs", d.epochs, "Number of epochs (>= 1).", **fv)

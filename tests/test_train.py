@@ -482,3 +482,33 @@ def test_rigl_lenet300_100_on_real_mnist(tmp_path):
     assert results["test_accuracy"] > 0.85, results["test_accuracy"]
     assert results["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert results["history"]["drop_fraction"][-1] > 0.0
+
+
+# ----------------------------------------------------------------------
+# Structured masks (--block_shape, --n_m).
+
+
+@pytest.mark.parametrize("method", ["rigl", "prune"])
+def test_block_shape_trains_block_masks(tmp_path, method):
+    results = _run_mock(tmp_path, method=method, update_freq=2, block_shape="4,1")
+    assert results["flags"]["block_shape"] == [4, 1]
+    assert results["structure"] == {
+        "structure": "Block(shape=(4, 1))", "holds": True, "violations": {}}
+    # fc1 (784 x 300) at its ERK target, counted in whole 4x1 blocks.
+    zeros = results["layer_sparsity"]["fc1/kernel"] * 784 * 300
+    assert zeros == pytest.approx(round(zeros)) and round(zeros) % 4 == 0
+
+
+def test_n_m_trains_two_of_four_masks(tmp_path):
+    results = _run_mock(tmp_path, method="rigl", update_freq=2, n_m=(2, 4),
+                        sparsity=0.5, distribution="uniform")
+    assert results["structure"]["holds"] is True
+    assert results["sparsity"] == pytest.approx(0.5)
+
+
+def test_block_that_does_not_fit_the_model_is_a_usage_error(tmp_path):
+    # lenet5's conv1 kernel (5, 5, 1, 6) has 25 rows: 4 does not divide it.
+    with pytest.raises(train_lib.UsageError) as error:
+        _run_mock(tmp_path, model="lenet5", block_shape=(4, 1))
+    assert error.value.flag_message.startswith("--block_shape: Block(shape=(4, 1)) does not fit")
+    assert "conv1/kernel" in error.value.flag_message

@@ -6,6 +6,7 @@ bias or a layer run in training mode changes the outputs. The SavedModels
 are written once per module and reloaded in a separate Python process.
 """
 
+import doctest
 import json
 import os
 import shutil
@@ -686,6 +687,14 @@ def test_sparsity_report_of_a_sparsified_mobilenet_v2():
     # The masks are not parameters: the count of the unsparsified model.
     assert report.total_params == params
     assert report.params_sparsity == inactive / params
+
+
+def test_sparsity_report_docstring_examples():
+    from rigl_keras import report as report_lib  # pylint: disable=import-outside-toplevel
+
+    results = doctest.testmod(
+        report_lib, extraglobs={"keras": keras, "np": np, "rigl_keras": rigl_keras})
+    assert results.attempted > 0 and results.failed == 0
 
 
 def test_sparsity_report_unbuilt_model_error():

@@ -7,56 +7,83 @@ Quick start, on any built Keras model:
               callbacks=[rigl_keras.RigLCallback(sparsity=0.9)])
 """
 
-from rigl_keras import distributions
-from rigl_keras import flops
-from rigl_keras import optimizer_state
-from rigl_keras import schedules
-from rigl_keras import structures
-from rigl_keras import updaters
-from rigl_keras.callbacks import GradualPruningCallback
-from rigl_keras.callbacks import RigLCallback
-from rigl_keras.custom_loop import CustomLoop
-from rigl_keras.distributions import sparsity_distribution
-from rigl_keras.export import export_saved_model
-from rigl_keras.export import export_tflite
-from rigl_keras.export import strip_masks
-from rigl_keras.layers import MaskedConv2D
-from rigl_keras.layers import MaskedDense
-from rigl_keras.layers import masked_layers
-from rigl_keras.masking import get_masks
-from rigl_keras.masking import masked_weights
-from rigl_keras.report import SparsityReport
-from rigl_keras.report import sparsity_report
-from rigl_keras.sparsify import SparsifiableLayer
-from rigl_keras.sparsify import SparsifyReport
-from rigl_keras.sparsify import sparsify
-from rigl_keras.sparsify import unsparsify
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CustomLoop",
-    "GradualPruningCallback",
-    "MaskedConv2D",
-    "MaskedDense",
-    "RigLCallback",
-    "SparsifiableLayer",
-    "SparsifyReport",
-    "SparsityReport",
+# The public submodules.
+_SUBMODULES = (
     "distributions",
-    "export_saved_model",
-    "export_tflite",
     "flops",
-    "get_masks",
-    "masked_layers",
-    "masked_weights",
     "optimizer_state",
     "schedules",
-    "sparsity_distribution",
-    "sparsity_report",
-    "sparsify",
-    "strip_masks",
     "structures",
-    "unsparsify",
     "updaters",
-]
+)
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "CustomLoop": "rigl_keras.custom_loop",
+    "GradualPruningCallback": "rigl_keras.callbacks",
+    "MaskCallback": "rigl_keras.callbacks",
+    "MaskedConv2D": "rigl_keras.layers",
+    "MaskedDense": "rigl_keras.layers",
+    "RigLCallback": "rigl_keras.callbacks",
+    "SparsifiableLayer": "rigl_keras.sparsify",
+    "SparsifyReport": "rigl_keras.sparsify",
+    "SparsityReport": "rigl_keras.report",
+    "export_saved_model": "rigl_keras.export",
+    "export_tflite": "rigl_keras.export",
+    "get_masks": "rigl_keras.masking",
+    "masked_layers": "rigl_keras.layers",
+    "masked_weights": "rigl_keras.masking",
+    "sparsify": "rigl_keras.sparsify",
+    "sparsity_distribution": "rigl_keras.distributions",
+    "sparsity_report": "rigl_keras.report",
+    "strip_masks": "rigl_keras.export",
+    "unsparsify": "rigl_keras.sparsify",
+}
+
+__all__ = sorted([*_PUBLIC, *_SUBMODULES])
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"rigl_keras.{name}")
+    elif name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    else:
+        raise AttributeError(f"module 'rigl_keras' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+def _started_as_the_cli():
+    """Whether this process runs the training CLI (`rigl_keras.train`).
+
+    The CLI checks its flags before TensorFlow loads, which takes seconds,
+    so that a bad flag fails at once; the library is then imported on first
+    use of one of its names.
+    """
+    argv = list(getattr(sys, "orig_argv", ()))
+    for i, arg in enumerate(argv):
+        if arg == "-m" and argv[i + 1:i + 2] == ["rigl_keras.train"]:
+            return True
+        if arg == "-mrigl_keras.train":
+            return True
+    return os.path.basename(sys.argv[0]) == "rigl-train" if sys.argv else False
+
+
+if not _started_as_the_cli():
+    # Importing everything registers the Keras serializable classes (sparse
+    # twins, layers, schedules, structures), so that `keras.models.load_model`
+    # finds them after a plain `import rigl_keras`.
+    for _name in __all__:
+        __getattr__(_name)
+    del _name

@@ -12,7 +12,6 @@ The runs that train use the real MNIST from `TFDS_DATA_DIR` (default
 `<repo>/../shared/tfds`), which must be there when `CI` is set.
 """
 
-import functools
 import importlib.metadata
 import json
 import os
@@ -69,21 +68,6 @@ def _standalone(args, cwd, **env):
 def _own_lines(stderr):
     """The lines of `stderr` that are not TensorFlow's C++ logs."""
     return [line for line in stderr.splitlines() if not _TF_LOG_LINE.match(line)]
-
-
-@functools.lru_cache(maxsize=None)
-def _package_imports_tensorflow():
-    result = _run(["-c", "import sys, rigl_keras; print('tensorflow' in sys.modules)"],
-                  REPO_ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip() == "True"
-
-
-def _xfail_if_package_imports_tensorflow(what):
-    if _package_imports_tensorflow():
-        pytest.xfail(
-            f"{what}: rigl_keras/__init__.py imports TensorFlow, which "
-            "`python -m rigl_keras.train` runs before train.py")
 
 
 # ----------------------------------------------------------------------
@@ -168,22 +152,27 @@ def test_existing_outputs_exit_2_before_tensorflow(tmp_path, flag):
 
 
 def test_bad_flag_through_python_m_is_one_line_exit_2(tmp_path):
-    code = textwrap.dedent("""
-        import runpy, sys
-        sys.argv = ["rigl-train", "--sparsity=1.5"]
-        try:
-            runpy.run_module("rigl_keras.train", run_name="__main__")
-        finally:
-            print("tensorflow imported:", "tensorflow" in sys.modules)
-    """)
-    result = _run(["-c", code], tmp_path, timeout=300)
+    # `python -m` imports the rigl_keras package first: it must not load
+    # TensorFlow then (`-X importtime` lists every module imported).
+    result = _run(["-X", "importtime", "-m", "rigl_keras.train", "--sparsity=1.5"],
+                  tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert _own_lines(result.stderr) == [
+    lines = result.stderr.splitlines()
+    imported = [l.rsplit("|", 1)[-1].strip() for l in lines if l.startswith("import time:")]
+    assert "rigl_keras" in imported and "tensorflow" not in imported, imported
+    assert [l for l in lines if not l.startswith("import time:")] == [
         "rigl_keras.train: error: --sparsity must be in [0, 1); got 1.5"]
-    if result.stdout != "tensorflow imported: False\n":
-        _xfail_if_package_imports_tensorflow("TensorFlow loaded before the flags were checked")
-    assert result.stdout == "tensorflow imported: False\n"
-    assert result.stderr.splitlines() == _own_lines(result.stderr)
+
+
+def test_library_import_registers_the_keras_classes(tmp_path):
+    # Outside the CLI, `import rigl_keras` imports the library, so that
+    # `keras.models.load_model` finds its serializable classes.
+    code = ("import sys, rigl_keras, keras; "
+            "print(keras.saving.get_registered_object('rigl_keras>MaskedDense') "
+            "is rigl_keras.MaskedDense, 'tensorflow' in sys.modules)")
+    result = _run(["-c", code], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "True"]
 
 
 def test_missing_dataset_is_one_line_exit_2(tmp_path):
@@ -246,8 +235,6 @@ def test_python_m_trains_and_prints_the_summary(tmp_path):
     assert results["flags"]["method"] == "rigl"
     # The CUDA probing happens after train.py took over: never shown.
     assert "cuInit" not in result.stderr, result.stderr[-3000:]
-    if _repeated(result.stderr.splitlines()):
-        _xfail_if_package_imports_tensorflow("repeated TensorFlow start-up lines")
     assert not _repeated(result.stderr.splitlines()), result.stderr[-3000:]
 
 

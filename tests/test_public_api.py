@@ -1,0 +1,67 @@
+"""The public surface of `rigl_keras`, pinned: a change here is an API change."""
+
+import importlib
+
+import pytest
+
+import rigl_keras
+
+_TOP_LEVEL = [
+    "CustomLoop",
+    "GradualPruningCallback",
+    "MaskCallback",
+    "MaskedConv2D",
+    "MaskedDense",
+    "RigLCallback",
+    "SparsifiableLayer",
+    "SparsifyReport",
+    "SparsityReport",
+    "distributions",
+    "export_saved_model",
+    "export_tflite",
+    "flops",
+    "get_masks",
+    "masked_layers",
+    "masked_weights",
+    "optimizer_state",
+    "schedules",
+    "sparsify",
+    "sparsity_distribution",
+    "sparsity_report",
+    "strip_masks",
+    "structures",
+    "unsparsify",
+    "updaters",
+]
+
+
+def test_top_level_all_is_pinned():
+    assert rigl_keras.__all__ == _TOP_LEVEL
+
+
+@pytest.mark.parametrize("name", _TOP_LEVEL)
+def test_every_public_name_resolves_to_its_definition(name):
+    value = getattr(rigl_keras, name)
+    if hasattr(value, "__file__"):  # A submodule.
+        assert value is importlib.import_module(f"rigl_keras.{name}")
+    else:
+        assert value.__name__ == name
+        assert value.__module__.startswith("rigl_keras.")
+    assert name in dir(rigl_keras)
+
+
+def test_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'RigLCalback'"):
+        rigl_keras.RigLCalback  # pylint: disable=pointless-statement
+
+
+@pytest.mark.parametrize("module", [
+    "callbacks", "custom_loop", "distributions", "engine", "export", "flops",
+    "layers", "masking", "optimizer_state", "pruning", "recording", "report",
+    "rigl_engine", "schedules", "sparse_twins", "sparsify", "structures", "updaters",
+])
+def test_submodule_all_names_exist(module):
+    mod = importlib.import_module(f"rigl_keras.{module}")
+    assert mod.__all__, module
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"rigl_keras.{module}.{name}"

@@ -7,8 +7,9 @@ starts fresh, and a dropped one cannot be moved off zero by momentum.
 
 Keras 3 optimizers keep each kind of state in a list with one variable per
 trainable variable, indexed by `optimizer._get_variable_index(variable)`.
-`OPTIMIZER_STATE` maps each known optimizer class to its list attributes and
-the value each resets to; `register_optimizer_state` adds a class. An
+A registry maps each known optimizer class to its list attributes and the
+value each resets to; `register_optimizer_state` adds a class and
+`registered_optimizers` lists them. An
 optimizer whose class (or base class) is not known raises a `ValueError`
 naming it: silently skipping its state would leave stale momentum behind.
 """
@@ -17,8 +18,8 @@ import keras
 import tensorflow as tf
 
 __all__ = [
-    "OPTIMIZER_STATE",
     "base_optimizer",
+    "registered_optimizers",
     "register_optimizer_state",
     "optimizer_state_slots",
     "check_optimizer_supported",
@@ -39,7 +40,7 @@ def _initial_accumulator(optimizer):
 # Attributes that an optimizer creates only for some settings (SGD without
 # momentum, RMSprop without momentum/centered, Adam without amsgrad) are
 # simply absent or empty and are skipped.
-OPTIMIZER_STATE = {
+_OPTIMIZER_STATE = {
     keras.optimizers.SGD: [("momentums", _zero)],
     keras.optimizers.Adam: [
         ("_momentums", _zero),
@@ -67,6 +68,19 @@ OPTIMIZER_STATE = {
 }
 
 
+def registered_optimizers():
+    """`{optimizer class: ((state attribute, reset value fn), ...)}`.
+
+    A copy: change the registry with `register_optimizer_state`.
+
+    Example:
+
+    >>> keras.optimizers.SGD in registered_optimizers()
+    True
+    """
+    return {cls: tuple(slots) for cls, slots in _OPTIMIZER_STATE.items()}
+
+
 def register_optimizer_state(optimizer_class, slots):
     """Teaches the package which state an optimizer class keeps per weight.
 
@@ -83,7 +97,7 @@ def register_optimizer_state(optimizer_class, slots):
     ...     pass
     >>> register_optimizer_state(MySGD, [("momentums", lambda opt: 0.0)])
     """
-    OPTIMIZER_STATE[optimizer_class] = list(slots)
+    _OPTIMIZER_STATE[optimizer_class] = list(slots)
 
 
 def base_optimizer(optimizer):
@@ -99,8 +113,8 @@ def base_optimizer(optimizer):
 
 def _known_slots(optimizer):
     for cls in type(optimizer).__mro__:
-        if cls in OPTIMIZER_STATE:
-            return OPTIMIZER_STATE[cls]
+        if cls in _OPTIMIZER_STATE:
+            return _OPTIMIZER_STATE[cls]
     return None
 
 
@@ -119,7 +133,7 @@ def check_optimizer_supported(optimizer):
     """
     base = base_optimizer(optimizer)
     if _known_slots(base) is None:
-        known = sorted(cls.__name__ for cls in OPTIMIZER_STATE)
+        known = sorted(cls.__name__ for cls in _OPTIMIZER_STATE)
         raise ValueError(
             f"rigl_keras does not know the per-weight state of optimizer "
             f"{type(base).__name__}, so it cannot reset it for grown and "
@@ -144,7 +158,7 @@ def _unknown_state_variables(optimizer):
     Scalars (the step counter, the learning rate, ...) are not per-weight
     state. A class registered under its own name is trusted as registered.
     """
-    if type(optimizer) in OPTIMIZER_STATE or not optimizer.built:
+    if type(optimizer) in _OPTIMIZER_STATE or not optimizer.built:
         return []
     attributes = [attribute for attribute, _ in _known_slots(optimizer)]
     attributes += ["_model_variables_moving_average", "_accumulated_gradients"]

@@ -33,7 +33,7 @@ from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import schedules
 from rigl_keras import structures
-from rigl_keras import updaters
+from rigl_keras import _selection
 
 __all__ = ["GradualPruningEngine"]
 
@@ -227,7 +227,7 @@ class GradualPruningEngine(engine_lib.MaskEngine):
         structure = self._structures.get(weight.key)
         if structure is None:
             nnz = tf.reduce_sum(tf.cast(active, tf.int32))
-            kept = updaters.select_top_k(tf.abs(kernel), active, tf.minimum(count, nnz), seed)
+            kept = _selection.select_top_k(tf.abs(kernel), active, tf.minimum(count, nnz), seed)
         else:
             kept = structures.prune_mask(
                 tf.abs(kernel), mask, structure, count, seed, view=self._views[weight.key]

@@ -15,7 +15,7 @@ compiled function makes other (equally valid) random choices.
 * Blocks `(a, b)`: the matrix is tiled from the top left; block `(i, j)`
   holds rows `a*i .. a*i+a-1` and columns `b*j .. b*j+b-1`. Scores are
   summed per block; a block is active when all its entries are; the
-  unit-level choice is `rigl_keras.updaters.select_top_k` on the block grid.
+  unit-level choice is `rigl_keras._selection.select_top_k` on the block grid.
 * N:M groups: group `(i, j)` is rows `m*i .. m*i+m-1` of column `j`
   (`to_groups` gives them as the rows of a `(rows * cols / m, m)` tensor).
   Choices within groups use `group_ranks`.
@@ -34,7 +34,7 @@ from keras import ops
 import numpy as np
 import tensorflow as tf
 
-from rigl_keras import updaters
+from rigl_keras import _selection
 from rigl_keras.matrix_views import MatrixView
 
 __all__ = [
@@ -129,7 +129,7 @@ def expand_blocks(units, block):
 def block_initial(matrix_shape, block, num_zero_units, seed):
     """Exactly `num_zero_units` zero blocks, chosen uniformly at random."""
     grid = (matrix_shape[0] // block[0], matrix_shape[1] // block[1])
-    zero = updaters.select_top_k(
+    zero = _selection.select_top_k(
         tf.random.stateless_uniform(grid, seed=_fold(seed, 0)),
         ops.ones(grid, "bool"),
         units_to_zero(num_zero_units, math.prod(grid)),
@@ -146,7 +146,7 @@ def block_prune(scores, active, block, num_zero_units, seed):
     num_units = math.prod(unit_scores.shape)
     keep = num_units - units_to_zero(num_zero_units, num_units)
     n_active = ops.sum(ops.cast(unit_active, "int32"))
-    kept = updaters.select_top_k(unit_scores, unit_active, tf.minimum(keep, n_active), seed)
+    kept = _selection.select_top_k(unit_scores, unit_active, tf.minimum(keep, n_active), seed)
     return expand_blocks(kept, block)
 
 
@@ -169,14 +169,14 @@ def block_drop_and_grow(drop_scores, grow_scores, active, block, drop_fraction, 
         The boolean active matrix after the update.
     """
     unit_active = pool_blocks(active, block, reduce="all")
-    n_replace = updaters.floor_count(
+    n_replace = _selection.floor_count(
         drop_fraction, ops.sum(ops.cast(unit_active, "int64"))
     )
-    to_drop = updaters.select_top_k(
+    to_drop = _selection.select_top_k(
         -pool_blocks(drop_scores, block), unit_active, n_replace, seeds[0]
     )
     kept = ops.logical_and(unit_active, ops.logical_not(to_drop))
-    grown = updaters.select_top_k(
+    grown = _selection.select_top_k(
         pool_blocks(grow_scores, block), ops.logical_not(kept), n_replace, seeds[1]
     )
     return expand_blocks(ops.logical_or(kept, grown), block)
@@ -225,8 +225,8 @@ def nm_drop_and_grow(drop_scores, grow_scores, active, m, drop_fraction, seeds):
     with the group size `m` for `block`.
     """
     act = to_groups(active, m)
-    n_replace = updaters.floor_count(drop_fraction, ops.sum(ops.cast(act, "int64")))
-    to_drop = updaters.select_top_k(
+    n_replace = _selection.floor_count(drop_fraction, ops.sum(ops.cast(act, "int64")))
+    to_drop = _selection.select_top_k(
         -ops.cast(to_groups(drop_scores, m), "float32"), act, n_replace, seeds[0]
     )
     kept = ops.logical_and(act, ops.logical_not(to_drop))

@@ -42,7 +42,7 @@ import numpy as np
 
 from rigl_keras import masking
 from rigl_keras import structured_masks
-from rigl_keras import updaters
+from rigl_keras import _selection
 from rigl_keras.matrix_views import MatrixView
 from rigl_keras.matrix_views import matrix_shape
 from rigl_keras.matrix_views import matrix_view
@@ -258,7 +258,7 @@ class Block(Structure):
     def zero_units(self, shape_or_view, sparsity):
         """`floor(sparsity * number_of_blocks)`, safe from float round-off."""
         sparsity = self.check_sparsity(sparsity)
-        return int(updaters.floor_count(sparsity, self.num_units(shape_or_view)))
+        return int(_selection.floor_count(sparsity, self.num_units(shape_or_view)))
 
     def initial_matrix(self, rows_cols, num_zero_units, seed):
         return structured_masks.block_initial(rows_cols, self.shape, num_zero_units, seed)

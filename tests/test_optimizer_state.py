@@ -158,8 +158,8 @@ class _MyMomentum(keras.optimizers.Optimizer):
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, restored after the test."""
-    copy = dict(optimizer_state.OPTIMIZER_STATE)
-    monkeypatch.setattr(optimizer_state, "OPTIMIZER_STATE", copy)
+    copy = dict(optimizer_state._OPTIMIZER_STATE)  # pylint: disable=protected-access
+    monkeypatch.setattr(optimizer_state, "_OPTIMIZER_STATE", copy)
     return copy
 
 
@@ -237,7 +237,7 @@ def test_subclass_adding_state_raises_until_registered(registry):
 
 
 def test_every_registered_class_is_an_optimizer():
-    for cls, slots in optimizer_state.OPTIMIZER_STATE.items():
+    for cls, slots in optimizer_state.registered_optimizers().items():
         assert issubclass(cls, keras.optimizers.Optimizer)
         assert slots and all(isinstance(attr, str) and callable(fn) for attr, fn in slots)
 

@@ -15,7 +15,7 @@ import rigl_keras
 from rigl_keras import matrix_views
 from rigl_keras import structured_masks
 from rigl_keras import structures
-from rigl_keras import updaters
+from rigl_keras import _selection
 from rigl_keras.structures import NM
 from rigl_keras.structures import Block
 from rigl_keras.structures import MatrixView
@@ -413,7 +413,7 @@ def test_unstructured_prune_mask_is_the_pruning_callbacks_selection():
     seed = tf.constant([7, 11], tf.int64)
     nnz = int(mask.sum())
     for keep in (0, 5, nnz, 30):
-        expected = updaters.select_top_k(np.abs(kernel), mask > 0, min(keep, nnz), seed)
+        expected = _selection.select_top_k(np.abs(kernel), mask > 0, min(keep, nnz), seed)
         got = structures.prune_mask(np.abs(kernel), mask, None, 30 - keep, seed)
         np.testing.assert_array_equal(_np(got) > 0, _np(expected))
 
@@ -505,13 +505,13 @@ def test_update_keeps_the_structure_and_counts(case, updater, drop_fraction, dat
     counts_before, counts_after = _unit_counts(structure, before), _unit_counts(structure, after)
     if isinstance(structure, Block):
         assert counts_after.sum() == counts_before.sum()
-        n_replace = int(updaters.floor_count(drop_fraction, int(counts_before.sum())))
+        n_replace = int(_selection.floor_count(drop_fraction, int(counts_before.sum())))
         dropped_units = _unit_counts(structure, _matrix(view, dropped))
         assert dropped_units.sum() <= n_replace
         assert _has_structure(structure, _matrix(view, grown)) and _has_structure(structure, _matrix(view, dropped))
     else:
         np.testing.assert_array_equal(counts_after, structure.n)
-        n_replace = int(updaters.floor_count(drop_fraction, int(before.sum())))
+        n_replace = int(_selection.floor_count(drop_fraction, int(before.sum())))
         assert dropped.sum() <= n_replace
         grown_per_group = _unit_counts(structure, _matrix(view, grown))
         np.testing.assert_array_equal(grown_per_group, _unit_counts(structure, _matrix(view, dropped)))
@@ -533,7 +533,7 @@ def _reference_update(structure, kernel, mask, gradient, drop_fraction):
         a, b = structure.shape
         pool = lambda x: x.reshape(x.shape[0] // a, a, x.shape[1] // b, b).sum(axis=(1, 3))
         unit_active = _unit_counts(structure, active)
-        n = int(updaters.floor_count(drop_fraction, int(unit_active.sum())))
+        n = int(_selection.floor_count(drop_fraction, int(unit_active.sum())))
         drop_u = np.where(unit_active, pool(drop), np.inf).ravel()
         kept = unit_active.ravel().copy()
         kept[np.argsort(drop_u)[:n]] = False
@@ -544,7 +544,7 @@ def _reference_update(structure, kernel, mask, gradient, drop_fraction):
     m = structure.m
     to_groups = lambda x: x.reshape(x.shape[0] // m, m, -1).transpose(0, 2, 1).reshape(-1, m)
     g_drop, g_grow, g_active = to_groups(drop), to_groups(grow), to_groups(active)
-    n = int(updaters.floor_count(drop_fraction, int(g_active.sum())))
+    n = int(_selection.floor_count(drop_fraction, int(g_active.sum())))
     flat = np.where(g_active, g_drop, np.inf).ravel()
     kept = g_active.ravel().copy()
     kept[np.argsort(flat)[:n]] = False

@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 
 import rigl_keras.updaters
+from rigl_keras import _selection
 from rigl_keras import updaters
 from rigl_keras.updaters import RigL
 from rigl_keras.updaters import SET
 from rigl_keras.updaters import SNFS
-from rigl_keras.updaters import select_top_k
+from rigl_keras._selection import select_top_k
 
 
 def _update(updater, kernel, mask, gradient, drop_fraction, seed=(0, 0)):
@@ -281,7 +282,7 @@ def test_update_invariants(layer, updater):
     after = new_mask > 0
     kept = before & after
     nnz = int(before.sum())
-    n = int(updaters.floor_count(drop_fraction, nnz))
+    n = int(_selection.floor_count(drop_fraction, nnz))
     assert n == math.floor(drop_fraction * nnz) or abs(drop_fraction * nnz - n) < 1e-6
 
     assert set(np.unique(new_mask)) <= {0.0, 1.0}
@@ -462,9 +463,10 @@ def test_base_updater_has_no_grow_rule():
         )
 
 
-def test_docstring_examples():
+@pytest.mark.parametrize("module", [rigl_keras.updaters, _selection])
+def test_docstring_examples(module):
     result = doctest.testmod(
-        rigl_keras.updaters,
+        module,
         extraglobs={"np": np, "tf": tf, "keras": keras},
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
@@ -478,8 +480,8 @@ def test_docstring_examples():
      (1.0, 13, 13), (0.999, 1000, 999), (0.33, 10, 3)],
 )
 def test_floor_count_is_exact_floor_despite_round_off(fraction, count, expected):
-    assert int(updaters.floor_count(fraction, count)) == expected
-    assert int(updaters.floor_count(tf.constant(fraction, tf.float64), count)) == expected
+    assert int(_selection.floor_count(fraction, count)) == expected
+    assert int(_selection.floor_count(tf.constant(fraction, tf.float64), count)) == expected
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
@@ -518,7 +520,7 @@ def test_kth_largest_value_is_exact(prefilter, size, k):
     values = rng.standard_normal(size).astype("float32")
     values[: size // 3] = -np.inf  # ineligible positions, as select_top_k sets them
     values[size // 2 : size // 2 + 5] = 0.5  # a tie
-    kth, count = updaters._kth_largest_value(tf.constant(values), tf.constant(k), prefilter)
+    kth, count = _selection._kth_largest_value(tf.constant(values), tf.constant(k), prefilter)
     expected = np.inf if k == 0 else np.sort(values)[::-1][k - 1]
     assert float(kth) == expected
     assert int(count) == int(np.sum(values >= expected))

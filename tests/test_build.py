@@ -79,10 +79,6 @@ def _test_files():
     }
 
 
-def test_build_file_exists():
-    assert _BUILD.is_file(), f"{_BUILD} is missing."
-
-
 def test_py_library_lists_every_module():
     libraries = _rules("py_library")
     assert len(libraries) == 1, (

@@ -545,6 +545,206 @@ def test_export_tflite_overwrites_file(tmp_path):
     assert path.stat().st_size > 1000
 
 
+# Quantization and block-sparse RigL models.
+
+BLOCK = rigl_keras.structures.Block((4, 1))
+_BUILTIN = "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+_XNNPACK_FAILURE = "failed to delegate FULLY_CONNECTED node"
+
+
+@pytest.fixture(scope="module")
+def block_rigl():
+    """A 64-48-32-8 MLP trained with RigL on 4x1 block masks (90%, uniform),
+    with the training data (its first 200 inputs calibrate int8)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        rigl_keras.MaskedDense(48, activation="relu", name="fc1"),
+        rigl_keras.MaskedDense(32, activation="relu", name="fc2"),
+        rigl_keras.MaskedDense(8, name="fc3"),
+    ], name="block_mlp")
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype("float32")
+    y = np.argmax(x[:, :8], axis=1)
+    def masks():
+        return list(rigl_keras.get_masks(model).values())
+
+    initial = []
+    callbacks = [
+        rigl_keras.RigLCallback(sparsity=0.9, distribution="uniform", structure=BLOCK,
+                                update_freq=2, end_step=12, seed=0),
+        # After RigL's on_train_begin: the initial block masks.
+        keras.callbacks.LambdaCallback(on_train_begin=lambda logs: initial.extend(masks())),
+    ]
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=callbacks)
+    # RigL moved blocks, and every mask is made of 4x1 blocks at 90%.
+    assert any((a != b).any() for a, b in zip(initial, masks()))
+    assert rigl_keras.structures.check(model, BLOCK)
+    assert rigl_keras.sparsity_report(model).sparsity == pytest.approx(0.9, abs=0.01)
+    return model, x
+
+
+def _litert(path, resolver=None):
+    """A LiteRT interpreter of `path`: default settings, or `resolver`."""
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    kwargs = {}
+    if resolver is not None:
+        kwargs["experimental_op_resolver_type"] = getattr(litert.OpResolverType, resolver)
+    interpreter = litert.Interpreter(model_path=str(path), **kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _invoke(interpreter, x):
+    """Runs `x` one example at a time (the file's batch is 1 once allocated)."""
+    inputs = interpreter.get_input_details()[0]["index"]
+    outputs = interpreter.get_output_details()[0]["index"]
+    rows = []
+    for example in x:
+        interpreter.set_tensor(inputs, example[np.newaxis])
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(outputs)[0])
+    return np.stack(rows)
+
+
+# The kernels of `block_rigl` in TFLite's layout (outputs x inputs).
+_KERNELS = {(48, 64): "fc1", (32, 48): "fc2", (8, 32): "fc3"}
+
+
+def _sparse_kernels(path):
+    """{layer name: (dtype, sparsity_parameters)} of the sparse-encoded tensors."""
+    details = _litert(path, _BUILTIN).get_tensor_details()
+    return {
+        _KERNELS.get(tuple(d["shape"]), d["name"]): (d["dtype"], d["sparsity_parameters"])
+        for d in details
+        if d["sparsity_parameters"]
+    }
+
+
+def _export(model, path, **kwargs):
+    """`export_tflite`, returning the path and the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rigl_keras.export_tflite(model, path, **kwargs)
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def _run_both_ways(path, x):
+    """Outputs with the documented setting, and with the default settings
+    when those run (else the XNNPack failure the warning names)."""
+    documented = _invoke(_litert(path, _BUILTIN), x)
+    try:
+        default = _invoke(_litert(path), x)
+    except RuntimeError as error:
+        assert _XNNPACK_FAILURE in str(error)
+        default = None
+    return documented, default
+
+
+def test_tflite_of_block_rigl_model_has_1x4_block_encoded_kernels(block_rigl, tmp_path):
+    model, x = block_rigl
+    path = tmp_path / "block.tflite"
+    assert _export(model, path) == []
+    kernels = _sparse_kernels(path)
+    assert sorted(kernels) == ["fc1", "fc2", "fc3"]
+    for dtype, params in kernels.values():
+        # Rows (outputs) dense, columns (inputs) compressed, blocks of 1x4.
+        assert dtype == np.float32
+        assert list(params["block_map"]) == [1]
+        assert [d["format"] for d in params["dim_metadata"]] == [0, 1, 0]
+        assert params["dim_metadata"][2]["dense_size"] == 4
+    # Block-encoded: the sparse FULLY_CONNECTED reads them, no DENSIFY.
+    ops = [op["op_name"] for op in _litert(path, _BUILTIN)._get_ops_details()]  # pylint: disable=protected-access
+    assert ops == ["FULLY_CONNECTED"] * 3
+    expected = _predict(model, x[:16])
+    for interpreter in (_litert(path), _litert(path, _BUILTIN)):
+        np.testing.assert_allclose(_invoke(interpreter, x[:16]), expected, rtol=1e-5, atol=TFLITE_ATOL)
+
+
+def test_tflite_dynamic_range_of_block_rigl_model(block_rigl, tmp_path):
+    model, x = block_rigl
+    path = tmp_path / "dynamic.tflite"
+    messages = _export(model, path, quantize="dynamic")
+    kernels = _sparse_kernels(path)
+    # The converter quantizes weights of 1024 entries or more: fc3 (8x32)
+    # stays float32.
+    assert {name: dtype for name, (dtype, _) in kernels.items()} == {
+        "fc1": np.int8, "fc2": np.int8, "fc3": np.float32}
+    (message,) = messages
+    assert "2 sparse-encoded int8 weight(s)" in message and "48x64" in message
+    assert _BUILTIN in message and "sparse=False" in message
+    expected = _predict(model, x[:32])
+    scale = np.abs(expected).max()
+    documented, default = _run_both_ways(path, x[:32])
+    # int8 weights: errors of a few percent of the output range, not more.
+    assert np.abs(documented - expected).max() < 0.05 * scale
+    assert np.abs(documented - expected).max() > 0  # quantized indeed
+    if default is not None:
+        np.testing.assert_allclose(default, documented, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("calibration", ["array", "callable"])
+def test_tflite_int8_of_block_rigl_model(block_rigl, tmp_path, calibration):
+    model, x = block_rigl
+    if calibration == "array":
+        data = x[:200]
+    else:
+        def data():
+            for i in range(200):
+                yield [x[i:i + 1]]
+    path = tmp_path / "int8.tflite"
+    (message,) = _export(model, path, quantize="int8", representative_dataset=data)
+    assert "sparse-encoded int8" in message and _BUILTIN in message
+    interpreter = _litert(path, _BUILTIN)
+    # Full integer: int8 kernels, float32 input and output at the edges.
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
+    assert all(dtype == np.int8 for dtype, _ in _sparse_kernels(path).values())
+    expected = _predict(model, x[:64])
+    documented, default = _run_both_ways(path, x[:64])
+    assert np.abs(documented - expected).max() < 0.1 * np.abs(expected).max()
+    assert (documented.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    if default is not None:
+        np.testing.assert_array_equal(default, documented)
+
+
+def test_tflite_int8_dense_encoding_runs_in_xnnpack_without_warning(block_rigl, tmp_path):
+    model, x = block_rigl
+    path = tmp_path / "int8_dense.tflite"
+    assert _export(model, path, sparse=False, quantize="int8", representative_dataset=x[:200]) == []
+    assert _sparse_kernels(path) == {}
+    expected = _predict(model, x[:64])
+    out = _invoke(_litert(path), x[:64])  # default settings: XNNPack
+    assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_tflite_quantized_dense_model_does_not_warn(tmp_path):
+    # Nothing sparse to encode: no sparse quantized weight, no warning.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="fc1")])
+    assert _export(model, tmp_path / "m.tflite", quantize="dynamic") == []
+    assert _sparse_kernels(tmp_path / "m.tflite") == {}
+
+
+def test_export_tflite_bad_quantize_arguments(block_rigl, tmp_path):
+    model, x = block_rigl
+    path = tmp_path / "m.tflite"
+    for bad in ("int4", "INT8", "float16", True, ["int8"]):
+        with pytest.raises(ValueError, match=r"`quantize` must be one of None.*'dynamic'.*'int8'"):
+            rigl_keras.export_tflite(model, path, quantize=bad)
+    with pytest.raises(ValueError, match=r"needs `representative_dataset`"):
+        rigl_keras.export_tflite(model, path, quantize="int8")
+    for quantize in (None, "dynamic"):
+        with pytest.raises(ValueError, match=r"`representative_dataset` is used only with quantize='int8'"):
+            rigl_keras.export_tflite(model, path, quantize=quantize, representative_dataset=x)
+    with pytest.raises(ValueError, match=r"`representative_dataset` must be a NumPy array .* type list"):
+        rigl_keras.export_tflite(model, path, quantize="int8", representative_dataset=list(x))
+    assert not path.exists()
+
+
 # --------------------------------------------------------------------------
 # sparsity_report.
 

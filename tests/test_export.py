@@ -778,9 +778,10 @@ def test_sparsity_report_hand_counts():
     # Only the masked weight is a row: the plain layer is not masked.
     assert report == [
         {"name": "m/masked/kernel", "layer": "masked", "shape": (4, 3),
-         "params": 12, "active": 3, "sparsity": 0.75},
+         "params": 12, "active": 3, "sparsity": 0.75,
+         "structure": None, "structure_holds": None},
         {"name": "total", "layer": None, "shape": None, "params": 12,
-         "active": 3, "sparsity": 0.75},
+         "active": 3, "sparsity": 0.75, "structure": None, "structure_holds": None},
     ]
     assert report.basis == "masks" and report.sparsity == 0.75
     # masked 12 + 3, bn 4 x 3, plain 6 + 2 (the mask is not a parameter);
@@ -895,6 +896,114 @@ def test_sparsity_report_docstring_examples():
     results = doctest.testmod(
         report_lib, extraglobs={"keras": keras, "np": np, "rigl_keras": rigl_keras})
     assert results.attempted > 0 and results.failed == 0
+
+
+def _structured_report_model():
+    """fc1 (8x4): 4x1 blocks, 2 of 8 active; fc2 (4x4): 2 of every 4 inputs
+    active in columns 0-2, 3 in column 3; fc3 (4x2): unstructured."""
+    model = keras.Sequential([
+        keras.Input((8,)),
+        rigl_keras.MaskedDense(4, name="fc1"),
+        rigl_keras.MaskedDense(4, name="fc2"),
+        rigl_keras.MaskedDense(2, name="fc3"),
+    ], name="s")
+    fc1 = np.zeros((8, 4), "float32")
+    fc1[0:4, 1] = fc1[4:8, 2] = 1.0
+    fc2 = np.zeros((4, 4), "float32")
+    fc2[[0, 1], 0] = fc2[[1, 3], 1] = fc2[[0, 2], 2] = fc2[[0, 1, 2], 3] = 1.0
+    fc3 = np.zeros((4, 2), "float32")
+    fc3[0, 0] = fc3[3, 1] = 1.0
+    rng = np.random.default_rng(0)
+    for name, mask in (("fc1", fc1), ("fc2", fc2), ("fc3", fc3)):
+        layer = model.get_layer(name)
+        layer.mask.assign(mask)
+        layer.kernel.assign(rng.uniform(0.5, 1.0, mask.shape).astype("float32") * mask)
+    return model
+
+
+def test_sparsity_report_structure_per_weight():
+    model = _structured_report_model()
+    block, nm = rigl_keras.structures.Block((4, 1)), rigl_keras.structures.NM(2, 4)
+    report = rigl_keras.sparsity_report(model, structure={"fc1": block, "s/fc2/kernel": nm})
+    rows = {row["layer"]: row for row in report[:-1]}
+    assert (rows["fc1"]["structure"], rows["fc1"]["structure_holds"]) == (block, True)
+    # Column 3 of fc2 has 3 active of 4: the 2:4 structure does not hold.
+    assert (rows["fc2"]["structure"], rows["fc2"]["structure_holds"]) == (nm, False)
+    assert (rows["fc3"]["structure"], rows["fc3"]["structure_holds"]) == (None, None)
+    assert report[-1]["structure_holds"] is False
+    assert report.structure_check.violations == {
+        "s/fc2/kernel": "1 of 4 groups of 4 do not have 2 active (they have [3])."}
+    # The counts are the ones without `structure`.
+    plain = rigl_keras.sparsity_report(model)
+    assert [r["active"] for r in report] == [r["active"] for r in plain] == [8, 9, 2, 19]
+    assert plain.structure_check is None
+
+
+def test_sparsity_report_structure_for_every_weight_agrees_with_check():
+    model = _structured_report_model()
+    for structure in (rigl_keras.structures.Block((4, 1)), rigl_keras.structures.Block((2, 1)),
+                      rigl_keras.structures.NM(2, 4), rigl_keras.structures.NM(1, 4)):
+        report = rigl_keras.sparsity_report(model, structure=structure)
+        check = rigl_keras.structures.check(model, structure)
+        assert {row["name"]: row["structure_holds"] for row in report[:-1]} == {
+            w.key: w.key not in check.violations for w in rigl_keras.masked_weights(model)}
+        assert report[-1]["structure_holds"] == bool(check)
+    # fc1's 4x1 blocks are 2x1 blocks too; fc3 has 1 of 4 active per
+    # column (1:4), each in a partly active 2x1 block.
+    holds = lambda s: [r["structure_holds"] for r in rigl_keras.sparsity_report(model, structure=s)[:-1]]
+    assert holds(rigl_keras.structures.Block((4, 1))) == [True, False, False]
+    assert holds(rigl_keras.structures.Block((2, 1))) == [True, False, False]
+    assert holds(rigl_keras.structures.NM(1, 4)) == [False, False, True]
+
+
+def test_sparsity_report_prints_the_structure_column():
+    model = _structured_report_model()
+    report = rigl_keras.sparsity_report(
+        model, structure={"fc1": rigl_keras.structures.Block((4, 1)),
+                          "fc2": rigl_keras.structures.NM(2, 4)})
+    lines = str(report).splitlines()
+    assert lines[0].split() == ["Weight", "Shape", "Params", "Active", "Sparsity", "Structure"]
+    assert lines[2].split() == ["s/fc1/kernel", "8x4", "32", "8", "75.00%", "4x1", "blocks:", "yes"]
+    assert lines[3].split() == ["s/fc2/kernel", "4x4", "16", "9", "43.75%", "2:4:", "NO"]
+    assert lines[4].split() == ["s/fc3/kernel", "4x2", "8", "2", "75.00%", "-"]
+    assert lines[6].split() == ["total", "56", "19", "66.07%", "1", "of", "2", "hold"]
+    assert lines[-2] == "1 of 2 checked masked weights violate their structure:"
+    assert lines[-1].startswith("  s/fc2/kernel (NM(n=2, m=4)): 1 of 4 groups")
+    # Without `structure`, no column.
+    assert "Structure" not in str(rigl_keras.sparsity_report(model))
+
+
+def test_sparsity_report_structure_of_a_stripped_model_reads_the_non_zeros():
+    model = _structured_report_model()
+    block = rigl_keras.structures.Block((4, 1))
+    stripped = rigl_keras.strip_masks(model)
+    report = rigl_keras.sparsity_report(stripped, structure={"fc1": block, "fc3": block})
+    assert report.basis == "zeros"
+    assert [r["structure_holds"] for r in report[:-1]] == [True, None, False]
+    # A zero written into an active block breaks the blocks of the copy.
+    kernel = stripped.get_layer("fc1").kernel
+    values = keras.ops.convert_to_numpy(kernel)
+    values[0, 1] = 0.0  # in the active block rows 0-3 of column 1
+    kernel.assign(values)
+    report = rigl_keras.sparsity_report(stripped, structure={"fc1": block})
+    assert report[0]["structure_holds"] is False
+
+
+def test_sparsity_report_of_the_block_rigl_model(block_rigl):
+    model, _ = block_rigl
+    report = rigl_keras.sparsity_report(model, structure=BLOCK)
+    assert [r["structure_holds"] for r in report] == [True, True, True, True]
+    assert "3 of 3 hold" in str(report)
+
+
+def test_sparsity_report_bad_structure():
+    model = _structured_report_model()
+    with pytest.raises(ValueError, match="`structure` must be None"):
+        rigl_keras.sparsity_report(model, structure="4x1")
+    with pytest.raises(ValueError, match=r"structure\['fc1'\]"):
+        rigl_keras.sparsity_report(model, structure={"fc1": (4, 1)})
+    with pytest.raises(ValueError, match="nope"):
+        rigl_keras.sparsity_report(model, structure={"nope": rigl_keras.structures.NM(2, 4)})
 
 
 def test_sparsity_report_unbuilt_model_error():

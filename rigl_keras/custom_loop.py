@@ -40,6 +40,7 @@ loop.end()
 ```
 """
 
+from rigl_keras import _checks
 from rigl_keras import engine as engine_lib
 
 __all__ = ["CustomLoop"]
@@ -97,7 +98,7 @@ class CustomLoop:
             raise ValueError(
                 "In a custom loop the callback needs an explicit `end_step` "
                 "(there is no fit() call to take 75% of). "
-                f"Received: end_step=None"
+                "Received: end_step=None"
             )
         optimizer = optimizer or getattr(model, "optimizer", None)
         if optimizer is None:
@@ -105,7 +106,7 @@ class CustomLoop:
                 f"Pass the optimizer: model '{model.name}' has none. "
                 "Received: optimizer=None"
             )
-        if not engine_lib.is_int(steps_per_call) or steps_per_call < 1:
+        if not _checks.is_int(steps_per_call) or steps_per_call < 1:
             raise ValueError(
                 "`steps_per_call` must be an integer >= 1. "
                 f"Received: steps_per_call={steps_per_call!r}"

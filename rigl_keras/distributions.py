@@ -59,6 +59,8 @@ import numbers
 
 import numpy as np
 
+from rigl_keras import _checks
+
 __all__ = [
     "distribute_sparsity",
     "layer_zero_counts",
@@ -86,17 +88,8 @@ def _received(name, value):
     return f"Received: {name}={value!r}"
 
 
-def _is_real(value):
-    """True for finite real numbers (Python or NumPy), excluding bools."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, (bool, np.bool_))
-        and math.isfinite(float(value))
-    )
-
-
 def _validate_sparsity(sparsity):
-    if not _is_real(sparsity) or not 0.0 <= float(sparsity) < 1.0:
+    if not _checks.is_real(sparsity) or not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(
             "Argument `sparsity` must be a real number in [0, 1). "
             + _received("sparsity", sparsity)
@@ -115,7 +108,7 @@ def _validate_method(method):
 
 
 def _validate_erk_power_scale(erk_power_scale):
-    if not _is_real(erk_power_scale) or float(erk_power_scale) < 0.0:
+    if not _checks.is_real(erk_power_scale) or float(erk_power_scale) < 0.0:
         raise ValueError(
             "Argument `erk_power_scale` must be a non-negative real number. "
             + _received("erk_power_scale", erk_power_scale)
@@ -393,7 +386,7 @@ def layer_zero_counts(shapes, sparsities):
                 f"Argument `sparsities` names layer {name!r}, which is not "
                 f"in `shapes` (known layers: {list(shapes)})."
             )
-        if not _is_real(s) or not 0.0 <= float(s) <= 1.0:
+        if not _checks.is_real(s) or not 0.0 <= float(s) <= 1.0:
             raise ValueError(
                 f"Argument `sparsities` must hold real numbers in [0, 1]. "
                 f"Received: sparsities[{name!r}]={s!r}"

@@ -20,12 +20,11 @@ Training drives an engine through four calls, whatever runs the loop:
 `rigl_keras.CustomLoop` to a loop of your own.
 """
 
-import numbers
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
+from rigl_keras import _checks
 from rigl_keras import distributions
 from rigl_keras import gradients
 from rigl_keras import masking
@@ -36,28 +35,12 @@ from rigl_keras import structures
 __all__ = [
     "MaskEngine",
     "count_true",
-    "is_int",
-    "is_real",
     "next_update_step",
     "read_step",
 ]
 
 _DISTRIBUTIONS = ("uniform", "er", "erk")
 _DEFAULT_END_FRACTION = 0.75
-
-
-def is_int(value):
-    """Whether `value` is an integer (and not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value):
-    """Whether `value` is a finite real number (and not a bool)."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and np.isfinite(value)
-    )
 
 
 def read_step(iterations):
@@ -166,14 +149,14 @@ class MaskEngine:
         structure=None,
     ):
         structures.validate_argument(structure)
-        if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+        if not _checks.is_real(sparsity) or not 0.0 <= sparsity < 1.0:
             raise ValueError(
                 "`sparsity` must be a number in [0, 1). "
                 f"Received: sparsity={sparsity!r}"
             )
         if isinstance(distribution, dict):
             for name, value in distribution.items():
-                if not is_real(value) or not 0.0 <= value < 1.0:
+                if not _checks.is_real(value) or not 0.0 <= value < 1.0:
                     raise ValueError(
                         "Every sparsity in `distribution` must be a number in "
                         f"[0, 1). Received: distribution[{name!r}]={value!r}"
@@ -184,24 +167,24 @@ class MaskEngine:
                 f"{{weight: sparsity}}. Received: distribution={distribution!r}"
             )
         if not (update_freq is None and allow_static) and (
-            not is_int(update_freq) or update_freq < 1
+            not _checks.is_int(update_freq) or update_freq < 1
         ):
             static = ", or None for static sparse training" if allow_static else ""
             raise ValueError(
                 f"`update_freq` must be an integer >= 1{static}. "
                 f"Received: update_freq={update_freq!r}"
             )
-        if not is_int(begin_step) or begin_step < 0:
+        if not _checks.is_int(begin_step) or begin_step < 0:
             raise ValueError(
                 "`begin_step` must be an integer >= 0. "
                 f"Received: begin_step={begin_step!r}"
             )
-        if end_step is not None and (not is_int(end_step) or end_step <= begin_step):
+        if end_step is not None and (not _checks.is_int(end_step) or end_step <= begin_step):
             raise ValueError(
                 "`end_step` must be an integer greater than `begin_step` "
                 f"({begin_step}), or None. Received: end_step={end_step!r}"
             )
-        if not is_real(erk_power_scale) or erk_power_scale < 0:
+        if not _checks.is_real(erk_power_scale) or erk_power_scale < 0:
             raise ValueError(
                 "`erk_power_scale` must be a number >= 0. "
                 f"Received: erk_power_scale={erk_power_scale!r}"

@@ -52,13 +52,11 @@ Example:
 532400
 """
 
-import math
-import numbers
-
 import keras
 import numpy as np
 import tensorflow as tf
 
+from rigl_keras import _checks
 from rigl_keras import layers as layers_lib
 from rigl_keras import masking
 from rigl_keras import schedules
@@ -77,18 +75,6 @@ __all__ = [
 METHODS = ("dense", "static", "set", "rigl", "snfs", "small_dense", "pruning")
 
 _PRUNING_KWARGS = ("begin_step", "end_step", "total_steps", "initial_sparsity", "power")
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 def _counted_types():
@@ -287,7 +273,7 @@ def rigl_training_flops(sparse_flops, dense_flops, update_freq):
     >>> rigl_training_flops(10.0, 100.0, update_freq=1)
     75.0
     """
-    if not _is_int(update_freq) or update_freq < 1:
+    if not _checks.is_int(update_freq) or update_freq < 1:
         raise ValueError(
             "`update_freq` must be an integer >= 1. "
             f"Received: update_freq={update_freq!r}"
@@ -373,17 +359,17 @@ def pruning_training_flops(
     ...                              end_step=1, total_steps=2), 3)
     0.55
     """
-    if not _is_int(total_steps) or total_steps < 1:
+    if not _checks.is_int(total_steps) or total_steps < 1:
         raise ValueError(
             "`total_steps` must be an integer >= 1. "
             f"Received: total_steps={total_steps!r}"
         )
-    if not _is_int(update_freq) or update_freq < 1:
+    if not _checks.is_int(update_freq) or update_freq < 1:
         raise ValueError(
             "`update_freq` must be an integer >= 1. "
             f"Received: update_freq={update_freq!r}"
         )
-    if not _is_real(initial_sparsity) or not 0.0 <= initial_sparsity < 1.0:
+    if not _checks.is_real(initial_sparsity) or not 0.0 <= initial_sparsity < 1.0:
         raise ValueError(
             "`initial_sparsity` must be a number in [0, 1). "
             f"Received: initial_sparsity={initial_sparsity!r}"
@@ -417,7 +403,7 @@ def _check_reference(reference_flops, default):
         return float(default)
     if isinstance(reference_flops, keras.Model):
         return float(_total(reference_flops, sparse=False))
-    if not _is_real(reference_flops) or reference_flops <= 0:
+    if not _checks.is_real(reference_flops) or reference_flops <= 0:
         raise ValueError(
             "`reference_flops` must be a positive number (dense inference "
             "FLOPs of one example), a Keras model, or None. "

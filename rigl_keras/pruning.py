@@ -27,6 +27,7 @@ Steps are counted with `model.optimizer.iterations`, as in
 
 import tensorflow as tf
 
+from rigl_keras import _checks
 from rigl_keras import distributions
 from rigl_keras import engine as engine_lib
 from rigl_keras import masking
@@ -101,7 +102,7 @@ class GradualPruningEngine(engine_lib.MaskEngine):
             structure=structure,
         )
         if (
-            not engine_lib.is_real(initial_sparsity)
+            not _checks.is_real(initial_sparsity)
             or not 0.0 <= initial_sparsity <= sparsity
         ):
             raise ValueError(

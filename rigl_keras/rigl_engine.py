@@ -16,9 +16,9 @@ in a loop of your own.
 import random
 import warnings
 
-import keras
 import tensorflow as tf
 
+from rigl_keras import _checks
 from rigl_keras import engine as engine_lib
 from rigl_keras import gradients
 from rigl_keras import masking
@@ -80,7 +80,7 @@ class RigLEngine(engine_lib.MaskEngine):
             allow_static=True,
             structure=structure,
         )
-        if not engine_lib.is_real(drop_fraction) or not 0.0 < drop_fraction <= 1.0:
+        if not _checks.is_real(drop_fraction) or not 0.0 < drop_fraction <= 1.0:
             raise ValueError(
                 "`drop_fraction` must be a number in (0, 1]. "
                 f"Received: drop_fraction={drop_fraction!r}"
@@ -94,7 +94,7 @@ class RigLEngine(engine_lib.MaskEngine):
                 "rigl_keras.schedules.DropFractionSchedule. "
                 f"Received: drop_fraction_schedule={drop_fraction_schedule!r}"
             )
-        if seed is not None and not engine_lib.is_int(seed):
+        if seed is not None and not _checks.is_int(seed):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
         self.updater = updaters.get(grow, grow_init)  # validates both
         self.drop_fraction = float(drop_fraction)

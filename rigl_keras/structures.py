@@ -40,6 +40,7 @@ import numbers
 import keras
 import numpy as np
 
+from rigl_keras import _checks
 from rigl_keras import masking
 from rigl_keras import structured_masks
 from rigl_keras import _selection
@@ -76,12 +77,8 @@ __all__ = [
 _SPARSITY_ATOL = 1e-6
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _positive_int(value, argument):
-    if not _is_int(value) or value < 1:
+    if not _checks.is_int(value) or value < 1:
         raise ValueError(
             f"`{argument}` must be a positive integer. Received: {argument}={value!r}"
         )
@@ -232,7 +229,7 @@ class Block(Structure):
             isinstance(shape, (str, bytes))
             or not hasattr(shape, "__len__")
             or len(shape) != 2
-            or not all(_is_int(d) and d >= 1 for d in shape)
+            or not all(_checks.is_int(d) and d >= 1 for d in shape)
         ):
             raise ValueError(
                 "`shape` must be two positive integers (rows, cols) of the "
@@ -350,7 +347,7 @@ class NM(Structure):
 
     def _check_count(self, num_zero_units, size):
         expected = size // self.m * (self.m - self.n)
-        if _is_int(num_zero_units) and num_zero_units != expected:
+        if _checks.is_int(num_zero_units) and num_zero_units != expected:
             raise ValueError(
                 f"`num_zero_units` disagrees with {self!r}, which has {expected} "
                 f"zeros of {size}. Received: num_zero_units={num_zero_units!r}"

@@ -102,6 +102,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from rigl_keras import _checks
+
 __all__ = [
     "DISTRIBUTIONS",
     "LR_SCHEDULES",
@@ -217,16 +219,6 @@ def _kernel_layer_names(model, wrn_depth, wrn_width):
 # Configuration.
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
 
 
 def _int_pair(value):
@@ -372,32 +364,32 @@ class TrainConfig:
             ("momentum", 0.0, 1.0, "[0, 1)"),
         ):
             value = getattr(self, name)
-            if not _is_real(value) or not low <= value < high:
+            if not _checks.is_real(value) or not low <= value < high:
                 raise _bad_value(name, value, f"in {interval}")
         for name in ("drop_fraction", "end_fraction"):
             value = getattr(self, name)
-            if not _is_real(value) or not 0.0 < value <= 1.0:
+            if not _checks.is_real(value) or not 0.0 < value <= 1.0:
                 raise _bad_value(name, value, "in (0, 1]")
         for name in ("epochs", "batch_size", "update_freq", "wrn_width"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not _checks.is_int(value) or value < 1:
                 raise _bad_value(name, value, "an integer >= 1")
         if self.steps_per_epoch is not None and (
-            not _is_int(self.steps_per_epoch) or self.steps_per_epoch < 1
+            not _checks.is_int(self.steps_per_epoch) or self.steps_per_epoch < 1
         ):
             raise _bad_value("steps_per_epoch", self.steps_per_epoch,
                              "an integer >= 1 or None", "an integer >= 1")
-        if not _is_int(self.wrn_depth) or self.wrn_depth < 10 or (self.wrn_depth - 4) % 6:
+        if not _checks.is_int(self.wrn_depth) or self.wrn_depth < 10 or (self.wrn_depth - 4) % 6:
             raise _bad_value("wrn_depth", self.wrn_depth,
                              "6 * n + 4 with n >= 1 (10, 16, 22, 28, ...)")
         if self.learning_rate is not None and (
-            not _is_real(self.learning_rate) or self.learning_rate <= 0
+            not _checks.is_real(self.learning_rate) or self.learning_rate <= 0
         ):
             raise _bad_value("learning_rate", self.learning_rate,
                              "a positive number or None", "a positive number")
-        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+        if not _checks.is_real(self.weight_decay) or self.weight_decay < 0:
             raise _bad_value("weight_decay", self.weight_decay, "a number >= 0")
-        if not _is_int(self.seed):
+        if not _checks.is_int(self.seed):
             raise _bad_value("seed", self.seed, "an integer")
 
     def _check_dense_layers(self):

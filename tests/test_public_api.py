@@ -65,3 +65,12 @@ def test_submodule_all_names_exist(module):
     assert mod.__all__, module
     for name in mod.__all__:
         assert hasattr(mod, name), f"rigl_keras.{module}.{name}"
+
+
+def test_argument_check_examples():
+    import doctest  # pylint: disable=import-outside-toplevel
+
+    from rigl_keras import _checks  # pylint: disable=import-outside-toplevel
+
+    result = doctest.testmod(_checks)
+    assert result.attempted > 0 and result.failed == 0

@@ -75,6 +75,11 @@ class MaskedLayer(keras.layers.Layer):
             trainable=False,
             autocast=False,
         )
+        masking.register_mask(self, self.kernel, self.mask)
+
+    def get_sparsifiable_weights(self):
+        """`[kernel]`: the weight this layer masks (`rigl_keras.SparsifiableLayer`)."""
+        return [self.kernel] if self.built else []
 
     def _effective_kernel(self, training):
         kernel = tf.convert_to_tensor(self.kernel)

@@ -52,7 +52,10 @@ __all__ = [
     "is_graph_model",
     "kernel_weights",
     "masked_weights",
+    "layer_masks",
     "random_mask",
+    "register_mask",
+    "remove_masks",
     "resolve_keys",
     "seed_name",
     "supported_variables",
@@ -150,19 +153,39 @@ def walk_layers(model):
         stack.extend((child, ancestors + (layer,)) for child in reversed(children))
 
 
+# Where a layer keeps `{variable name: (variable, mask)}` of its own masks:
+# an untracked entry of its __dict__, so Keras' weight tracking is unchanged.
+_MASKS_ATTRIBUTE = "_rigl_masks"
+
+
+def layer_masks(layer):
+    """`{variable name: (variable, mask)}` of the masks `layer` holds itself.
+
+    `MaskedDense`/`MaskedConv2D` register theirs when built;
+    `rigl_keras.sparsify` registers the masks it attaches.
+    """
+    return layer.__dict__.get(_MASKS_ATTRIBUTE) or {}
+
+
+def register_mask(layer, variable, mask):
+    """Records `mask` as the mask of `layer`'s `variable`."""
+    masks = layer.__dict__.get(_MASKS_ATTRIBUTE)
+    if masks is None:
+        masks = {}
+        object.__setattr__(layer, _MASKS_ATTRIBUTE, masks)
+    masks[variable.name] = (variable, mask)
+
+
+def remove_masks(layer):
+    """Forgets every mask `layer` holds (its variables stay as they are)."""
+    layer.__dict__.pop(_MASKS_ATTRIBUTE, None)
+
+
 def own_masked_weights(layer):
     """The masked weights a single layer owns (not its sublayers')."""
-    # Imported here: layers imports this module.
-    from rigl_keras import layers as layers_lib  # pylint: disable=import-outside-toplevel
-
-    if isinstance(layer, layers_lib.MaskedLayer):
-        if not layer.built:
-            return []
-        return [MaskedWeight(layer, layer.kernel, layer.mask, layer_fan_shape(layer, layer.kernel))]
-    masks = getattr(layer, "_rigl_masks", None) or {}
     return [
         MaskedWeight(layer, variable, mask, layer_fan_shape(layer, variable))
-        for variable, mask in masks.values()
+        for variable, mask in layer_masks(layer).values()
     ]
 
 
@@ -234,13 +257,8 @@ def supported_variables(layer):
     names for a supported Keras layer, the kernel of a `MaskedDense` /
     `MaskedConv2D`; `[]` for an unbuilt layer or any other layer.
     """
-    # Imported here: layers imports this module.
-    from rigl_keras import layers as layers_lib  # pylint: disable=import-outside-toplevel
-
     if not layer.built:
         return []
-    if isinstance(layer, layers_lib.MaskedLayer):
-        return [layer.kernel]
     if hasattr(layer, "get_sparsifiable_weights"):
         return list(layer.get_sparsifiable_weights())
     for classes, names in default_weight_names():

@@ -94,7 +94,7 @@ class SparseTwin:
 
 def own_masks(layer):
     """`{weight name: (variable, mask)}` of the masks `sparsify` gave `layer`."""
-    return layer.__dict__.get("_rigl_masks") or {}
+    return masking.layer_masks(layer)
 
 
 def is_sparse_twin(layer):
@@ -179,11 +179,7 @@ def attach_mask(layer, variable):
     (so `get_weights`, `set_weights` and the optimizer see exactly the
     layer's own weights); the twin class saves and loads it.
     """
-    masks = layer.__dict__.get("_rigl_masks")
-    if masks is None:
-        masks = {}
-        object.__setattr__(layer, "_rigl_masks", masks)
-    if variable.name in masks:
+    if variable.name in masking.layer_masks(layer):
         return None
     make_twin(layer)
     mask = keras.Variable(
@@ -192,7 +188,7 @@ def attach_mask(layer, variable):
         dtype="float32",
         name=f"{variable.name}_mask",
     )
-    masks[variable.name] = (variable, mask)
+    masking.register_mask(layer, variable, mask)
     return mask
 
 

@@ -315,10 +315,12 @@ def unsparsify(model):
     """
     removed = 0
     for layer, _ in masking.walk_layers(model):
+        if not sparse_twins.is_sparse_twin(layer):
+            continue  # MaskedDense / MaskedConv2D keep their own masks.
         masks = sparse_twins.own_masks(layer)
         for variable, mask in masks.values():
             variable.assign(variable * keras.ops.cast(mask, variable.dtype))
             removed += 1
-        layer.__dict__.pop("_rigl_masks", None)
+        masking.remove_masks(layer)
         sparse_twins.restore_base_class(layer)
     return removed

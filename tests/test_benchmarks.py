@@ -1,8 +1,11 @@
 """Tests for `benchmarks/overhead.py` (the training-overhead benchmark).
 
-The benchmark is run end to end with a tiny configuration (1 repetition, a
-few steps) and its JSON report is checked field by field; the statistics are
-checked on hand-made timings.
+The benchmark is run end to end with tiny configurations (1 repetition, a
+few steps): the masked-layer models, and `rigl_keras.sparsify` on
+LeNet-300-100, MobileNetV2 and the small transformer. Its JSON report is
+checked field by field; the statistics are checked on hand-made timings and
+the memory census on hand-made variables and a small sparsified model
+whose extra bytes are counted by hand from the public API.
 """
 
 import doctest
@@ -11,7 +14,9 @@ import math
 import pathlib
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import rigl_keras
 from _helpers import by_layer  # tests/_helpers.py
@@ -33,6 +38,36 @@ _TINY = [
     "--num_examples", "256",
     "--variants", "plain,static,rigl,rezero",
 ]
+
+# MobileNetV2 (a minute or more of tracing) runs in a slow test of its own.
+_SPARSIFY_MODELS = ["lenet300_100", "transformer"]
+_SPARSIFY_VARIANTS = ["plain", "static", "rigl", "sparsify_static", "sparsify_rigl"]
+_TINY_SETTINGS = [
+    "--repeats", "1",
+    "--steps", "4",
+    "--epochs", "2",
+    "--warmup_steps", "1",
+    "--update_freq", "2",
+    "--batch_size", "8",
+    "--num_examples", "64",
+]
+_TINY_SPARSIFY = _TINY_SETTINGS + [
+    "--models", ",".join(_SPARSIFY_MODELS),
+    "--variants", ",".join(_SPARSIFY_VARIANTS),
+    "--memory_variants", "plain,static,sparsify_static,sparsify_rigl,sparsify_snfs",
+]
+_TINY_MOBILENET = _TINY_SETTINGS + [
+    "--models", "mobilenetv2",
+    "--variants", "plain,static,sparsify_static,sparsify_rigl",
+    "--memory_variants", "plain,sparsify_static,sparsify_rigl",
+]
+# Masked parameters by hand: LeNet-300-100's kernels; the transformer's
+# embedding, 2 blocks of (4 attention kernels 64 x 4 x 16, 64 x 128, 128 x
+# 64) and the 64 x 10 classifier.
+_MASKED_PARAMS = {
+    "lenet300_100": 784 * 300 + 300 * 100 + 100 * 10,
+    "transformer": 1000 * 64 + 2 * (4 * 64 * 4 * 16 + 64 * 128 + 128 * 64) + 64 * 10,
+}
 
 
 def _run(timings, num_params=10):
@@ -65,7 +100,7 @@ def test_report_file_equals_returned_report(tiny_report):
 
 def test_report_top_level_fields(tiny_report):
     _, report = tiny_report
-    for key in ("benchmark", "command", "date", "config", "machine", "code",
+    for key in ("benchmark", "note", "command", "date", "config", "machine", "code",
                 "targets", "passed", "results", "markdown"):
         assert key in report, key
     assert report["benchmark"] == "overhead"
@@ -129,7 +164,7 @@ def test_report_results_per_model(tiny_report, model):
 
 def test_report_markdown_lists_every_variant(tiny_report):
     _, report = tiny_report
-    lines = report["markdown"].splitlines()
+    lines = report["markdown"].split("\n\n")[0].splitlines()
     assert lines[0].startswith("| model | variant | fit ms/step")
     rows = [line for line in lines[2:] if line.startswith("|")]
     assert len(rows) == 8
@@ -145,7 +180,233 @@ def test_report_markdown_lists_every_variant(tiny_report):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["per_step_seconds", "FixedMaskConstraint"])
+def test_tiny_report_measures_memory_of_the_timed_sparse_variants(tiny_report):
+    _, report = tiny_report
+    assert report["config"]["memory_variants"] == ["plain", "static", "rigl"]
+    for model in ("lenet300_100", "cnn"):
+        memory = report["results"][model]["memory"]
+        assert list(memory["variants"]) == ["plain", "static", "rigl"]
+        assert memory["checks"]["plain"] == {"extra_bytes": 0, "pass": True}
+        masked = report["results"][model]["variants"]["rigl"]["repetitions"][0]["masked_params"]
+        assert memory["variants"]["rigl"]["masked_params"] == masked > 0
+
+
+# ---------------------------------------------------------------------------
+# End to end: sparsify on off-the-shelf models.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sparsify_report(tmp_path_factory):
+    output = tmp_path_factory.mktemp("overhead_sparsify") / "overhead.json"
+    overhead.main(_TINY_SPARSIFY + ["--output", str(output)])
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def test_sparsify_report_config(sparsify_report):
+    config = sparsify_report["config"]
+    assert config["models"] == _SPARSIFY_MODELS
+    assert config["variants"] == _SPARSIFY_VARIANTS
+    assert config["batch_size"] == 8
+    assert "MultiHeadAttention" in config["model_definitions"]["transformer"]
+    assert "sparsify" in config["variant_definitions"]["sparsify_rigl"]
+    assert "MaskedDense" in config["variant_definitions"]["rigl"]
+    assert "benchmarks/overhead.py" in sparsify_report["code"]
+
+
+def _check_sparsify_timings(report, model):
+    summary = report["results"][model]
+    layer_model = model == "lenet300_100"
+    requested = report["config"]["variants"]
+    expected = [v for v in requested if layer_model or v not in ("static", "rigl")]
+    assert list(summary["variants"]) == expected
+    skipped = sorted(v for v in requested if v not in expected)
+    assert sorted(summary["skipped_variants"]) == skipped
+    for variant, data in summary["variants"].items():
+        (rep,) = data["repetitions"]
+        assert rep["fit_seconds"] > 0 and len(rep["epoch_seconds"]) == 2
+        if variant == "plain":
+            assert rep["sparsity"] == 0.0 and rep["masked_params"] == 0
+        else:
+            assert rep["sparsity"] == pytest.approx(0.9, abs=0.01)
+            assert rep["masked_params"] > 0
+    for variant, max_ratio in (("sparsify_static", 1.05), ("sparsify_rigl", 1.10)):
+        check = summary["targets"][variant]
+        ratio = summary["ratios"][variant]["fit"]["paired_median"]
+        assert check["max_ratio"] == max_ratio
+        assert check["pass"]["fit"] == (ratio <= max_ratio)
+
+
+@pytest.mark.parametrize("model", _SPARSIFY_MODELS)
+def test_sparsify_report_times_every_applicable_variant(sparsify_report, model):
+    _check_sparsify_timings(sparsify_report, model)
+
+
+def test_sparsify_report_pairs_sparsify_with_masked_layers_on_lenet(sparsify_report):
+    results = sparsify_report["results"]
+    lenet = results["lenet300_100"]
+    assert list(lenet["versus"]) == ["sparsify_static/static", "sparsify_rigl/rigl"]
+    variants = lenet["variants"]
+    for pair, ratios in lenet["versus"].items():
+        variant, baseline = pair.split("/")
+        fit = variants[variant]["repetitions"][0]["fit_seconds"]
+        base = variants[baseline]["repetitions"][0]["fit_seconds"]
+        assert ratios["fit"]["paired_median"] == pytest.approx(fit / base)
+        check = lenet["targets"][pair]
+        assert check["max_ratio"] == 1.00
+        assert check["pass"]["fit"] == (ratios["fit"]["paired_median"] <= 1.00)
+    assert results["transformer"]["versus"] == {}
+    assert results["transformer"]["skipped_variants"]["rigl"].startswith("needs a model")
+    assert sparsify_report["passed"] == all(
+        c["pass"]["fit"] for r in results.values() for c in r["targets"].values()
+    )
+    tables = sparsify_report["markdown"].split("\n\n")
+    assert len(tables) == 3
+    assert "| lenet300_100 | sparsify_rigl / rigl |" in tables[1]
+
+
+def _check_memory(report, model, masked_params=None):
+    memory = report["results"][model]["memory"]
+    expected = [
+        v for v in report["config"]["memory_variants"]
+        if model == "lenet300_100" or v not in ("static", "rigl")
+    ]
+    assert list(memory["variants"]) == expected
+    # The control: plain Keras adds nothing, so nothing else is counted.
+    plain = memory["variants"]["plain"]
+    assert plain["extra_bytes"] == 0 and plain["by_kind"] == {}
+    assert plain["bytes_per_masked_param"] is None
+    timed = report["results"][model]["variants"]["sparsify_rigl"]["repetitions"][0]
+    for variant in expected[1:]:
+        m = memory["variants"][variant]
+        assert m["masked_params"] == timed["masked_params"]
+        if masked_params is not None:
+            assert m["masked_params"] == masked_params
+        assert m["extra_bytes"] == sum(k["bytes"] for k in m["by_kind"].values())
+        assert m["bytes_per_masked_param"] == pytest.approx(
+            (m["extra_bytes"] - m["fixed_bytes"]) / m["masked_params"]
+        )
+        # Every masked weight has a mask of its own size, whatever its dtype.
+        mask = m["by_kind"]["mask"]
+        itemsize = {np.dtype(d).itemsize for d in mask["dtypes"]}
+        assert len(itemsize) == 1
+        assert mask["bytes"] == itemsize.pop() * m["masked_params"]
+        check = memory["checks"][variant]
+        limit = 5.0 if variant.endswith("static") else 9.0
+        assert check["max_bytes_per_masked_param"] == limit
+        assert check["not_grown"] == (m["bytes_per_masked_param"] <= limit)
+        assert check["aim_met"] == (m["bytes_per_masked_param"] <= 5.0)
+    # The memory table lists every measured variant of the model.
+    table = report["markdown"].split("\n\n")[-1]
+    assert table.startswith("| model | variant | masked params |")
+    for variant in expected:
+        assert f"| {model} | {variant} |" in table
+
+
+@pytest.mark.parametrize("model", _SPARSIFY_MODELS)
+def test_sparsify_report_memory_is_counted_from_variables(sparsify_report, model):
+    _check_memory(sparsify_report, model, _MASKED_PARAMS[model])
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_end_to_end(tmp_path):
+    output = tmp_path / "overhead.json"
+    overhead.main(_TINY_MOBILENET + ["--output", str(output)])
+    report = json.loads(output.read_text(encoding="utf-8"))
+    _check_sparsify_timings(report, "mobilenetv2")
+    model = overhead.build_model("mobilenetv2", "plain")
+    masked = sum(math.prod(row["shape"]) for row in rigl_keras.sparsify(model).masked)
+    _check_memory(report, "mobilenetv2", masked)
+    assert report["results"]["mobilenetv2"]["versus"] == {}
+
+
+def test_sparsify_report_memory_verdicts(sparsify_report):
+    checks = [
+        c for r in sparsify_report["results"].values() for c in r["memory"]["checks"].values()
+    ]
+    assert sparsify_report["memory_not_grown"] == all(
+        c.get("not_grown", c.get("pass")) for c in checks
+    )
+    assert sparsify_report["memory_aim_met"] == all(c["aim_met"] for c in checks if "aim_met" in c)
+    assert set(sparsify_report["memory_targets"]) == {
+        "static", "sparsify_static", "sparsify_rigl", "sparsify_snfs"
+    }
+
+
+# ---------------------------------------------------------------------------
+# Memory census on hand-made variables and a small model.
+# ---------------------------------------------------------------------------
+
+
+def test_census_counts_hand_made_variables():
+    census = overhead.VariableCensus()
+    try:
+        kept = [
+            tf.Variable(tf.zeros((3, 4), tf.float32)),  # 48 bytes
+            tf.Variable(tf.zeros((5,), tf.bool)),  # 5 bytes
+            keras.Variable(np.zeros((2, 2), np.float16)),  # 8 bytes, seen through .value
+            tf.Variable(tf.constant(0, tf.int64)),  # 8 bytes
+        ]
+        new = census.new_variables()
+    finally:
+        census.close()
+    assert sorted(overhead.variable_bytes(v) for v in new) == [5, 8, 8, 48]
+    assert {id(v) for v in new} == {id(kept[0]), id(kept[1]), id(kept[2].value), id(kept[3])}
+
+
+def _small_mlp(name):
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4, name="fc1"), keras.layers.Dense(3, name="fc2")],
+        name=name,
+    )
+
+
+@pytest.mark.parametrize("grow", [None, "gradient", "momentum"])
+def test_extra_variables_of_a_small_sparsified_model(grow):
+    # 5 x 4 + 4 x 3 = 32 masked parameters.
+    plain_paths = {"fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias"}
+    assert {v.path.split("/", 1)[1] for v in _small_mlp("reference").weights} == plain_paths
+    x = np.random.default_rng(0).random((48, 5)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, 48)
+    census = overhead.VariableCensus()
+    try:
+        model = _small_mlp("mlp")
+        if grow is not None:
+            rigl_keras.sparsify(model)
+        model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+        callbacks = [] if grow is None else [
+            rigl_keras.RigLCallback(sparsity=0.5, update_freq=2, grow=grow, seed=0)
+        ]
+        probe = overhead._CensusProbe(census)
+        model.fit(x, y, batch_size=8, epochs=1, callbacks=callbacks + [probe], verbose=0)
+        rows = overhead.extra_variables(model, callbacks, probe.variables, plain_paths)
+    finally:
+        census.close()
+    if grow is None:
+        assert rows == []  # the control: the optimizer and metrics are left out
+        assert overhead.summarize_memory(rows, 0)["bytes_per_masked_param"] is None
+        return
+    for row in rows:
+        assert row["bytes"] == math.prod(row["shape"]) * np.dtype(row["dtype"]).itemsize
+    by_kind = overhead.summarize_memory(rows, 32)["by_kind"]
+    # Counted by hand from the public API: each mask and recorded gradient.
+    masks = [np.asarray(keras.ops.convert_to_numpy(w.mask)) for w in rigl_keras.masked_weights(model)]
+    assert sum(m.size for m in masks) == 32
+    assert by_kind["mask"]["bytes"] == sum(m.nbytes for m in masks)
+    (callback,) = callbacks
+    gradients = [r.gradient.numpy() for r in callback.recorders.values()]
+    assert by_kind["dense_gradient"]["bytes"] == sum(g.nbytes for g in gradients) == 32 * 4
+    measured = overhead.summarize_memory(rows, 32)
+    assert measured["extra_bytes"] == sum(r["bytes"] for r in rows)
+    # Must not grow: 9 B per masked parameter before this benchmark measured it.
+    assert measured["bytes_per_masked_param"] <= 9.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["per_step_seconds", "FixedMaskConstraint", "variant_applies", "VariableCensus",
+     "variable_bytes", "summarize_memory"],
+)
 def test_docstring_examples(name):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()
@@ -221,6 +482,8 @@ def test_summarize_custom_targets_and_markdown_verdicts():
         ["--steps", "1", "--epochs", "2"],
         ["--sparsity", "1.0"],
         ["--jit_compile", "yes"],
+        ["--memory_variants", "rezero"],
+        ["--memory_variants", ""],
     ],
 )
 def test_parse_args_rejects_bad_values(argv):
@@ -230,8 +493,14 @@ def test_parse_args_rejects_bad_values(argv):
 
 def test_parse_args_defaults():
     config = overhead.parse_args([])
-    assert config.models == ["lenet300_100", "cnn"]
-    assert config.variants == ["plain", "static", "rigl"]
+    assert config.models == ["lenet300_100", "cnn", "mobilenetv2", "transformer"]
+    assert config.variants == ["plain", "static", "rigl", "sparsify_static", "sparsify_rigl"]
+    assert config.memory_variants == config.variants
+    assert overhead.parse_args(["--memory_variants", "none"]).memory_variants == []
+    assert overhead.parse_args(["--variants", "plain"]).memory_variants == []
+    assert overhead.parse_args(
+        ["--variants", "plain,rezero,sparsify_rigl"]
+    ).memory_variants == ["plain", "sparsify_rigl"]
     assert (config.repeats, config.batch_size, config.update_freq) == (7, 128, 100)
     assert config.num_examples == 128 * 200
     assert config.output.endswith("benchmarks/results/overhead.json")
@@ -258,6 +527,41 @@ def test_variants_use_the_intended_layers_and_callbacks():
         overhead.build_model("cnn", "dense")
     with pytest.raises(ValueError, match="name"):
         overhead.build_model("resnet", "plain")
+    with pytest.raises(ValueError, match="variant='rigl'"):
+        overhead.build_model("mobilenetv2", "rigl")
+
+
+def test_sparsify_variants_mask_the_plain_model():
+    model = overhead._compiled_model("lenet300_100", "sparsify_rigl", 0.01, seed=0)
+    assert not rigl_keras.masked_layers(model)
+    assert all(type(l).__name__ != "MaskedDense" for l in model.layers)
+    assert [w.key.split("/", 1)[1] for w in rigl_keras.masked_weights(model)] == [
+        "fc1/kernel", "fc2/kernel", "fc3/kernel"
+    ]
+    assert not rigl_keras.masked_weights(overhead._compiled_model("lenet300_100", "plain", 0.01, 0))
+    (static,) = overhead._callbacks("sparsify_static", 0.9, 100, 0)
+    (rigl,) = overhead._callbacks("sparsify_rigl", 0.9, 100, 0)
+    (snfs,) = overhead._callbacks("sparsify_snfs", 0.9, 100, 0)
+    assert static.update_freq is None and rigl.update_freq == snfs.update_freq == 100
+    assert (rigl.grow, snfs.grow) == ("gradient", "momentum")
+
+
+def test_shared_model_builders():
+    transformer = overhead.build_model("transformer", "plain")
+    assert transformer.count_params() == 131594
+    assert [l.name for l in transformer.layers if "MultiHeadAttention" in type(l).__name__] == [
+        "mha0", "mha1"
+    ]
+    assert tuple(transformer.input.shape) == (None, 32)
+    mobilenet = overhead.build_model("mobilenetv2", "plain")
+    assert sum(isinstance(l, keras.layers.DepthwiseConv2D) for l in mobilenet.layers) == 17
+    assert tuple(mobilenet.output.shape) == (None, 10)
+    assert mobilenet.layers[-1].activation is keras.activations.linear  # logits
+    for name in ("mobilenetv2", "transformer"):
+        dataset = overhead.make_dataset(name, 16, 8, seed=0)
+        x, y = next(iter(dataset))
+        assert tuple(x.shape[1:]) == tuple(overhead.build_model(name, "plain").input.shape[1:])
+        assert int(tf.reduce_max(y)) < 10
 
 
 def test_rezero_variant_keeps_the_static_zero_counts_through_training():

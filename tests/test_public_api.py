@@ -74,3 +74,22 @@ def test_argument_check_examples():
 
     result = doctest.testmod(_checks)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_library_does_not_import_the_experiments():
+    # The CLI (rigl_keras.train), the paper's models and the TFDS input
+    # pipelines are not part of the library: `import rigl_keras` and the
+    # public names must not load them or tensorflow_datasets.
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from _helpers import REPO_ROOT, python_env  # pylint: disable=import-outside-toplevel
+
+    code = ("import sys, rigl_keras\n"
+            "for name in rigl_keras.__all__: getattr(rigl_keras, name)\n"
+            "print(sorted(m for m in sys.modules if m == 'tensorflow_datasets' "
+            "or m in ('rigl_keras.train', 'rigl_keras.models', 'rigl_keras.data')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=python_env(), cwd=str(REPO_ROOT), timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import rigl_keras
 from _helpers import keep_first  # tests/_helpers.py
+from _helpers import load_module
 from _helpers import small_transformer
 from rigl_keras import masking
 from rigl_keras.masking import random_mask
@@ -1015,39 +1016,95 @@ def test_sparsity_report_unbuilt_model_error():
 # benchmarks/export.py, end to end with a tiny configuration.
 
 
+def _export_benchmark():
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "export.py")
+    return load_module("export_benchmark", script)
+
+
 def test_export_benchmark_tiny_run(tmp_path):
     _interpreter_class()
-    import importlib.util  # pylint: disable=import-outside-toplevel
-
-    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "export.py")
-    spec = importlib.util.spec_from_file_location("export_benchmark", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _export_benchmark()
     output = tmp_path / "export.json"
     result = bench.main([
-        "--models", "lenet300_100", "--sparsities", "0,0.9", "--block_sparsities", "0.9",
-        "--rounds", "1", "--runs", "3", "--output", str(output),
+        "--data", "synthetic", "--steps", "30", "--update_freq", "5",
+        "--variants", "dense,block4x1",
+        "--formats", "float32,int8,int8_dense", "--eval_examples", "100",
+        "--rounds", "2", "--runs", "5", "--output", str(output),
     ])
     assert json.loads(output.read_text()) == json.loads(json.dumps(result))
-    assert result["command"].startswith("python benchmarks/export.py --models lenet300_100")
-    dense, sparse, block = result["results"]
-    assert (dense["sparsity"], sparse["sparsity"], block["masks"]) == (0.0, 0.9, "block1x4")
-    assert sparse["kernel_sparsity"] == pytest.approx(0.9, abs=1e-4)
-    # Same architecture, same stored floats (the index file may differ by a
-    # few bytes of varint-encoded checksums).
-    assert abs(dense["savedmodel_variables_bytes"] - sparse["savedmodel_variables_bytes"]) < 64
-    assert sparse["tflite_sparse_bytes"] < 0.25 * dense["tflite_plain_bytes"]
-    assert sparse["tflite_sparse_vs_dense_model"] == pytest.approx(
-        sparse["tflite_sparse_bytes"] / dense["tflite_plain_bytes"])
-    assert result["target"]["checks"] == [
-        {"model": "lenet300_100", "ratio": sparse["tflite_sparse_vs_dense_model"],
-         "target": 0.25, "pass": True}
-    ]
-    # Random 90% masks: CSR weights and DENSIFY; 1x4 blocks: sparse FULLY_CONNECTED.
-    assert "DENSIFY[sparse]" in sparse["ops_sparse"]["ops"]
-    assert "FULLY_CONNECTED[sparse]" in block["ops_sparse"]["ops"]
-    assert dense["ops_sparse"]["sparse_tensors"] == 0
-    for row in result["results"]:
-        assert row["max_abs_error_sparse"] < TFLITE_ATOL
-        assert row["latency_sparse_xnnpack"]["samples"] == 3
-    assert result["table"].count("\n") == 4  # Header, rule, three rows.
+    assert result["command"].startswith("python benchmarks/export.py --data synthetic")
+    markdown = (tmp_path / "export.md").read_text()
+    assert result["command"] in markdown and result["table"] in markdown
+    dense, block = result["models"]
+    assert (dense["variant"], dense["sparsity"]) == ("dense", 0.0)
+    assert block["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert block["structure"] == rigl_keras.structures.serialize(BLOCK)
+    assert block["structure_holds"] is True
+    # RigL rewired: more entries were active at some point than are now.
+    assert block["final_train_logs"]["itop_rate"] > 0.1 + 0.01
+    files = {(f["variant"], f["format"]): f for f in result["files"]}
+    # The dense model has no sparse=False twin: it is the same file.
+    assert list(files) == [("dense", "float32"), ("dense", "int8"), ("block4x1", "float32"),
+                           ("block4x1", "int8"), ("block4x1", "int8_dense")]
+    assert files["dense", "float32"]["sparse_tensors"] == []
+    # fc1 and fc2 in 1x4 blocks (ERK keeps fc3 dense), read by the sparse kernel.
+    block_f32 = files["block4x1", "float32"]
+    assert [(t["shape"], t["dtype"], t["block"]) for t in block_f32["sparse_tensors"]] == [
+        ([300, 784], "float32", [1, 4]), ([100, 300], "float32", [1, 4])]
+    assert block_f32["ops"]["FULLY_CONNECTED[sparse]"] == 2 and "DENSIFY" not in block_f32["ops"]
+    assert block_f32["bytes"] < 0.2 * files["dense", "float32"]["bytes"]
+    for f in (block_f32, files["dense", "float32"]):
+        assert f["max_abs_diff_to_keras"] < 1e-4
+        assert f["export_warnings"] == []
+    # Sparse int8: warned about; runs with builtin kernels; XNNPack either
+    # runs it or fails as the warning says.
+    block_int8 = files["block4x1", "int8"]
+    (warning,) = block_int8["export_warnings"]
+    assert "BUILTIN_WITHOUT_DEFAULT_DELEGATES" in warning
+    assert all(t["dtype"] == "int8" for t in block_int8["sparse_tensors"])
+    if not block_int8["xnnpack"]["runs"]:
+        assert "failed to delegate FULLY_CONNECTED node" in block_int8["xnnpack"]["error"]
+    dense_int8 = files["block4x1", "int8_dense"]
+    assert dense_int8["sparse_tensors"] == [] and dense_int8["export_warnings"] == []
+    assert dense_int8["xnnpack"]["runs"]
+    for f in files.values():
+        assert f["builtin"]["runs"] and f["builtin"]["samples"] == 10
+        if f["xnnpack"]["runs"]:
+            assert f["xnnpack"]["samples"] == 10
+    speed = [c for c in result["targets"] if "speedup" in c]
+    assert [c["speedup"] for c in speed] == [
+        files["dense", "float32"][s]["median_us"] / block_f32[s]["median_us"]
+        for s in ("xnnpack", "builtin")]
+    assert result["targets"][-1]["pass"] is True
+    assert result["table"].count("\n") == 6  # Header, rule, five files.
+
+
+def test_export_benchmark_targets_on_hand_made_rows():
+    bench = _export_benchmark()
+
+    def row(variant, fmt, xnnpack_us, builtin_us, warned=False):
+        cell = lambda us: {"runs": False, "error": "RuntimeError"} if us is None else {
+            "runs": True, "error": None, "median_us": us}
+        return {"variant": variant, "format": fmt, "xnnpack": cell(xnnpack_us),
+                "builtin": cell(builtin_us), "export_warnings": ["w"] if warned else []}
+
+    rows = [row("dense", "float32", 20.0, 16.0), row("block4x1", "float32", 5.0, 10.0),
+            row("block4x1", "int8", None, 30.0, warned=True)]
+    xnnpack, builtin, runs = bench.check_targets(rows)
+    assert (xnnpack["speedup"], xnnpack["pass"]) == (4.0, True)
+    assert (builtin["speedup"], builtin["pass"]) == (1.6, False)
+    assert runs["pass"] is True
+    # A failure nobody was warned about, and a file that runs nowhere.
+    rows[2]["export_warnings"] = []
+    rows.append(row("unstructured", "int8", None, None, warned=True))
+    runs = bench.check_targets(rows)[-1]
+    assert runs["failing_without_warning"] == ["block4x1 int8 (xnnpack)"]
+    assert runs["running_nowhere"] == ["unstructured int8"]
+    assert runs["pass"] is False
+
+
+def test_export_benchmark_bad_flags():
+    bench = _export_benchmark()
+    for argv in (["--variants", "sparse"], ["--formats", "int4"], ["--sparsity", "1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)

@@ -12,6 +12,11 @@ subprocess per run, which isolates memory and TensorFlow state):
   `TF_USE_LEGACY_KERAS=1` (it needs `pip install tf_keras
   tensorflow-model-optimization`; without them those runs fail and are
   retried on the next invocation, the others go on);
+* LeNet-300-100 with RigL and structured masks (`--structures`):
+  `block4x1` (`--block_shape 4,1`: `rigl_keras.structures.Block((4, 1))`,
+  TFLite's 1x4 blocks; ERK) at 90% and 95% (`--block_sparsities`), and
+  `nm2of4` (`--n_m 2,4`: `NM(2, 4)`, which fixes the sparsity at 50% and
+  needs `--distribution uniform`);
 * LeNet-5 at 95% with the seven CLI methods;
 
 three seeds each (`--seeds 0,1,2`). All runs of a model share the number of
@@ -25,29 +30,36 @@ learning rate 0.1 with cosine decay to 0, weight decay 1e-4, mask updates
 fraction 0.3.
 
 Resumable: each run writes `<runs_dir>/<key>.json` (e.g.
-`lenet300_100_rigl_s98_seed0_e20.json`) only when it has finished (the
-trainer writes `<key>.partial.json`, which is then annotated, trimmed and
-renamed). A run whose JSON exists with the planned training flags is
-skipped; a failed or interrupted run is simply run again next time. The
-runs are ordered by priority: LeNet-300-100 seed 0 (all methods and
-sparsities, TFMOT included), then seeds 1 and 2, then LeNet-5; so a sweep
-stopped early still has complete comparisons for the first seeds.
+`lenet300_100_rigl_s98_seed0_e20.json`; a structured run names its
+structure: `lenet300_100_rigl_block4x1_s90_seed0_e20.json`,
+`lenet300_100_rigl_nm2of4_s50_seed0_e20.json`) only when it has finished
+(the trainer writes `<key>.partial.json`, which is then annotated, trimmed
+and renamed). A run whose JSON exists with the planned training flags
+(shared flags, distribution, `block_shape` and `n_m`) is skipped; a failed
+or interrupted run is simply run again next time. The runs are ordered by
+priority: LeNet-300-100 seed 0 (all methods and sparsities, TFMOT
+included, then the structured runs), then seeds 1 and 2, then LeNet-5; so
+a sweep stopped early still has complete comparisons for the first seeds.
 
 After every finished run (and with `--only_aggregate`) all run JSONs in
 `--runs_dir` are aggregated into `<output_dir>/accuracy.json` (every run's
 flags, test accuracy, measured sparsity, train/inference FLOPs relative to
-dense, wall time; per (model, epochs, method, sparsity) the mean, sample
-standard deviation, min and max over seeds; the targets below; the
+dense, wall time; per (model, epochs, method, structure, sparsity) the mean,
+sample standard deviation, min and max over seeds; the targets below; the
 progress of the plan), `accuracy.md` (one table per model: methods x
-sparsities, mean ± std (seeds), with FLOPs columns; the targets) and
-`accuracy.png` (test accuracy vs sparsity per method, dense as a horizontal
-line with its ± std band).
+sparsities, mean ± std (seeds), with FLOPs columns; a table of the
+structured runs, each next to its reference: unstructured RigL at the same
+sparsity for blocks, dense for 2:4, with how many runs' trained masks hold
+the structure; the targets) and `accuracy.png` (test accuracy vs sparsity
+per method and structure, dense as a horizontal line with its ± std band).
 
 Targets (LeNet-300-100, mean over seeds, accuracy in percentage points):
 RigL > SET > static at 98%; RigL >= SET >= static at 95%; RigL at 90%
 within 0.4 points of dense; RigL at 98% within 1.0 point of dense; our
-`prune` within 0.3 points of TFMOT's at each sparsity. Each is reported as
-`met`, `missed` (with the numbers) or `pending` (a needed run is missing).
+`prune` within 0.3 points of TFMOT's at each sparsity; RigL with 4x1 blocks
+at 90% within 0.3 points of unstructured RigL at 90%; RigL with 2:4 within
+0.2 points of dense. Each is reported as `met`, `missed` (with the numbers)
+or `pending` (a needed run is missing).
 
 Usage:
 
@@ -61,9 +73,9 @@ Usage:
 Time (2 CPU cores): a LeNet-300-100 run of 20 epochs takes ~1 min on a
 quiet machine (~2.5 s per epoch plus start-up and tracing) and 1.5-2.5 min
 when other jobs share the cores; a LeNet-5 run of 10 epochs ~2.5 min (quiet)
-to ~5 min. The default plan (66 LeNet-300-100 runs including 9 TFMOT runs,
-21 LeNet-5 runs) takes about two hours on a quiet machine, three or more on
-a busy one: hence the resumability.
+to ~5 min. The default plan (75 LeNet-300-100 runs including 9 TFMOT runs
+and 9 structured runs, 21 LeNet-5 runs) takes about two hours on a quiet
+machine, three or more on a busy one: hence the resumability.
 """
 
 import argparse
@@ -117,12 +129,54 @@ LABELS = {
     "tfmot": "Pruning (TFMOT)",
 }
 _MODEL_LABELS = {"lenet300_100": "LeNet-300-100", "lenet5": "LeNet-5"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """A mask structure of the sweep: the CLI flag that trains it.
+
+    Attributes:
+        label: Name in tables and plots.
+        flag: `block_shape` or `n_m` (the `rigl_keras.train` flag).
+        value: Its two integers.
+        distribution: The distribution of its runs.
+        sparsity: The sparsity the structure fixes (N:M), or None.
+        reference: What its runs are compared with in the table:
+            `"unstructured"` (the same method and sparsity without
+            structure) or `"dense"`.
+    """
+
+    label: str
+    flag: str
+    value: tuple
+    distribution: str
+    sparsity: float = None
+    reference: str = "unstructured"
+
+    @property
+    def flag_values(self):
+        """`{"block_shape": ..., "n_m": ...}` as the trainer's JSON has them."""
+        values = {"block_shape": None, "n_m": None}
+        values[self.flag] = list(self.value)
+        return values
+
+
+# Structured runs (LeNet-300-100, methods in `_STRUCTURED_METHODS`), by the
+# name used in run keys and in `--structures`; table and plot order.
+STRUCTURES = {
+    "block4x1": Structure("4×1 blocks", "block_shape", (4, 1), "erk"),
+    "nm2of4": Structure("2:4", "n_m", (2, 4), "uniform", sparsity=0.5, reference="dense"),
+}
+_STRUCTURED_METHODS = ("rigl",)
+_STRUCTURED_MODELS = ("lenet300_100",)
 _DEFAULTS = {
     "sparsities": (0.9, 0.95, 0.98),
     "epochs": 20,
     "lenet5_sparsities": (0.95,),
     "lenet5_epochs": 10,
     "lenet5_methods": ("dense", "small_dense", "static", "set", "snfs", "rigl", "prune"),
+    "structures": tuple(STRUCTURES),
+    "block_sparsities": (0.9, 0.95),
     "seeds": (0, 1, 2),
 }
 # Training flags shared by every run, passed explicitly to both trainers:
@@ -178,6 +232,7 @@ class RunSpec:
         seed: Integer seed.
         epochs: Number of epochs.
         steps_per_epoch: Optional cap on the steps of an epoch (tests).
+        structure: A name in `STRUCTURES`, or None for unstructured masks.
     """
 
     model: str
@@ -186,11 +241,18 @@ class RunSpec:
     seed: int
     epochs: int
     steps_per_epoch: int = None
+    structure: str = None
 
     @property
     def key(self):
-        """File stem of the run, e.g. `lenet300_100_rigl_s98_seed0_e20`."""
+        """File stem of the run, e.g. `lenet300_100_rigl_s98_seed0_e20`.
+
+        A structured run has its structure after the method:
+        `lenet300_100_rigl_block4x1_s90_seed0_e20`.
+        """
         parts = [self.model, self.method]
+        if self.structure is not None:
+            parts.append(self.structure)
         if self.method != "dense":
             parts.append(f"s{_percent(self.sparsity)}")
         parts += [f"seed{self.seed}", f"e{self.epochs}"]
@@ -203,14 +265,33 @@ class RunSpec:
         """`(model, epochs, steps_per_epoch)`: runs comparable in a table."""
         return (self.model, self.epochs, self.steps_per_epoch)
 
+    @property
+    def distribution(self):
+        """The sparsity distribution of the run: ERK unless the structure says."""
+        if self.structure is None:
+            return shared_flags()["distribution"]
+        return STRUCTURES[self.structure].distribution
+
+    @property
+    def structure_flags(self):
+        """`{"block_shape": ..., "n_m": ...}` of the run (None when unset)."""
+        if self.structure is None:
+            return {"block_shape": None, "n_m": None}
+        return STRUCTURES[self.structure].flag_values
+
 
 def plan_runs(models, methods, sparsities, epochs, seeds, lenet5_methods=None,
-              lenet5_sparsities=None, lenet5_epochs=None, steps_per_epoch=None):
+              lenet5_sparsities=None, lenet5_epochs=None, steps_per_epoch=None,
+              structures=None, block_sparsities=None):
     """The runs of a sweep, in priority order.
 
     LeNet-300-100 comes first, seed by seed (all its methods and sparsities
     for seed 0, then seed 1, ...), then LeNet-5 in the same way. Within a
-    seed, `dense` runs once and the other methods run at every sparsity.
+    seed, `dense` runs once and the other methods run at every sparsity;
+    then, for LeNet-300-100, each method of `_STRUCTURED_METHODS` in
+    `methods` runs with each structure: a block structure at every
+    sparsity of `block_sparsities`, an N:M structure at the sparsity it
+    fixes.
 
     Args:
         models: Subset of `MODELS`.
@@ -224,6 +305,10 @@ def plan_runs(models, methods, sparsities, epochs, seeds, lenet5_methods=None,
         lenet5_sparsities: Sparsities of LeNet-5 (default `(0.95,)`).
         lenet5_epochs: Epochs of LeNet-5 (default 10).
         steps_per_epoch: Optional cap on the steps of an epoch.
+        structures: Names in `STRUCTURES` (default: all of them; `()` for
+            none).
+        block_sparsities: Sparsities of the block structures (default
+            `(0.9, 0.95)`).
 
     Returns:
         A list of `RunSpec`, without duplicates.
@@ -238,6 +323,9 @@ def plan_runs(models, methods, sparsities, epochs, seeds, lenet5_methods=None,
     lenet5_sparsities = (_DEFAULTS["lenet5_sparsities"] if lenet5_sparsities is None
                          else lenet5_sparsities)
     lenet5_epochs = _DEFAULTS["lenet5_epochs"] if lenet5_epochs is None else lenet5_epochs
+    structures = _DEFAULTS["structures"] if structures is None else structures
+    block_sparsities = (_DEFAULTS["block_sparsities"] if block_sparsities is None
+                        else block_sparsities)
     settings = {
         "lenet300_100": (list(methods), list(sparsities), epochs),
         "lenet5": ([m for m in methods if m in lenet5_methods], list(lenet5_sparsities),
@@ -256,6 +344,16 @@ def plan_runs(models, methods, sparsities, epochs, seeds, lenet5_methods=None,
                                    int(model_epochs), steps_per_epoch)
                     if spec not in plan:
                         plan.append(spec)
+            if model not in _STRUCTURED_MODELS:
+                continue
+            for method in [m for m in ordered if m in _STRUCTURED_METHODS]:
+                for name in [n for n in STRUCTURES if n in structures]:
+                    fixed = STRUCTURES[name].sparsity
+                    for sparsity in (block_sparsities if fixed is None else [fixed]):
+                        spec = RunSpec(model, method, float(sparsity), int(seed),
+                                       int(model_epochs), steps_per_epoch, name)
+                        if spec not in plan:
+                            plan.append(spec)
     return plan
 
 
@@ -285,8 +383,10 @@ def run_command(spec, results_json, data_dir=None, python=None):
         python: Interpreter (default `sys.executable`).
 
     Returns:
-        A list of strings: `python -m rigl_keras.train ...`, or
-        `python benchmarks/accuracy_tfmot.py ...` for `tfmot`.
+        A list of strings: `python -m rigl_keras.train ...` (with
+        `--block_shape` or `--n_m` and the structure's distribution for a
+        structured run), or `python benchmarks/accuracy_tfmot.py ...` for
+        `tfmot`.
     """
     python = python or sys.executable
     shared = shared_flags()
@@ -301,7 +401,11 @@ def run_command(spec, results_json, data_dir=None, python=None):
              f"--seed={spec.seed}"]
     if spec.steps_per_epoch is not None:
         argv.append(f"--steps_per_epoch={spec.steps_per_epoch}")
+    shared["distribution"] = spec.distribution
     argv += [f"--{name}={shared[name]}" for name in names]
+    for name, value in spec.structure_flags.items():
+        if value is not None:
+            argv.append(f"--{name}={','.join(str(v) for v in value)}")
     if spec.method == "tfmot":
         targets = erk_targets(spec.model, spec.sparsity, data_dir)
         argv.append("--layer_sparsity=" + json.dumps(targets, separators=(",", ":")))
@@ -347,7 +451,10 @@ def finished(runs_dir, spec):
 
     Returns:
         True if `<runs_dir>/<key>.json` parses, has a `test_accuracy` and
-        its `benchmark` entry and flags match `spec` and `shared_flags()`.
+        its `benchmark` entry and flags match `spec` and `shared_flags()`:
+        the shared flags, the distribution and the structure flags
+        (`block_shape`, `n_m`; absent from runs made before the CLI had
+        them, which are unstructured).
     """
     result = _read_json(run_path(runs_dir, spec))
     if not isinstance(result, dict) or not isinstance(result.get("test_accuracy"), float):
@@ -356,7 +463,11 @@ def finished(runs_dir, spec):
         return False
     flags = result.get("flags", {})
     shared = shared_flags()
-    return all(flags.get(name) == shared[name] for name in _SHARED_FLAGS)
+    if any(flags.get(name) != shared[name] for name in _SHARED_FLAGS):
+        return False
+    if flags.get("distribution") != spec.distribution:
+        return False
+    return all(flags.get(name) == value for name, value in spec.structure_flags.items())
 
 
 def _display_command(argv, final_path):
@@ -453,10 +564,12 @@ def _stats(values):
 
 def _compact(run):
     bench = run["benchmark"]
+    structure = run.get("structure")
     return {
         "key": bench["key"],
         "model": bench["model"],
         "method": bench["method"],
+        "structure": bench.get("structure"),
         "sparsity": bench["sparsity"],
         "seed": bench["seed"],
         "epochs": bench["epochs"],
@@ -466,59 +579,73 @@ def _compact(run):
         "train_flops": run.get("train_flops"),
         "inference_flops": run.get("inference_flops"),
         "wall_seconds": run.get("wall_seconds"),
+        # Whether the trained masks hold the structure (the trainer's
+        # `structures.check`); None for unstructured runs.
+        "structure_holds": None if not structure else structure.get("holds"),
         "command": bench.get("command"),
         "flags": run.get("flags", {}),
     }
 
 
 def aggregate(runs):
-    """Groups runs by (model, epochs, steps_per_epoch, method, sparsity).
+    """Groups runs by (model, epochs, steps_per_epoch, method, structure, sparsity).
 
     Args:
         runs: Run result dicts (as `load_runs` returns).
 
     Returns:
         A list of group dicts sorted by model, epochs, method (in `METHODS`
-        order) and sparsity, each with `model`, `epochs`, `steps_per_epoch`,
-        `method`, `sparsity` (None for dense), `n`, `seeds`,
-        `test_accuracy` (`mean`, `std` (sample), `min`, `max`; fractions),
-        and the means `measured_sparsity`, `train_flops`,
-        `inference_flops`, `wall_seconds` (None when not recorded).
+        order), structure (unstructured first, then in `STRUCTURES` order)
+        and sparsity, each with `model`, `epochs`, `steps_per_epoch`,
+        `method`, `structure` (a name in `STRUCTURES` or None), `sparsity`
+        (None for dense), `n`, `seeds`, `test_accuracy` (`mean`, `std`
+        (sample), `min`, `max`; fractions), the means
+        `measured_sparsity`, `train_flops`, `inference_flops`,
+        `wall_seconds` (None when not recorded), and `structure_holds`:
+        how many of the `n` runs' trained masks hold the structure (None
+        for unstructured groups).
     """
     groups = {}
     for run in runs:
         row = _compact(run)
         sparsity = None if row["method"] == "dense" else row["sparsity"]
-        key = (row["model"], row["epochs"], row["steps_per_epoch"], row["method"], sparsity)
+        key = (row["model"], row["epochs"], row["steps_per_epoch"], row["method"],
+               row["structure"], sparsity)
         groups.setdefault(key, []).append(row)
     result = []
     for key, rows in groups.items():
-        model, epochs, steps_per_epoch, method, sparsity = key
+        model, epochs, steps_per_epoch, method, structure, sparsity = key
         rows.sort(key=lambda r: r["seed"])
         accuracy = _stats(r["test_accuracy"] for r in rows)
         means = {
             name: (_stats(r[name] for r in rows) or {}).get("mean")
             for name in ("measured_sparsity", "train_flops", "inference_flops", "wall_seconds")
         }
+        holds = None if structure is None else sum(r["structure_holds"] is True for r in rows)
         result.append({
             "model": model, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-            "method": method, "sparsity": sparsity, "n": len(rows),
+            "method": method, "structure": structure, "sparsity": sparsity, "n": len(rows),
             "seeds": [r["seed"] for r in rows], "test_accuracy": accuracy, **means,
+            "structure_holds": holds,
         })
 
     def order(group):
+        structure = group["structure"]
         return (MODELS.index(group["model"]) if group["model"] in MODELS else len(MODELS),
                 group["model"], group["epochs"], group["steps_per_epoch"] or 0,
-                METHODS.index(group["method"]), group["sparsity"] or 0.0)
+                METHODS.index(group["method"]),
+                -1 if structure is None else list(STRUCTURES).index(structure),
+                group["sparsity"] or 0.0)
 
     return sorted(result, key=order)
 
 
-def _find(groups, setting, method, sparsity=None):
+def _find(groups, setting, method, sparsity=None, structure=None):
+    """The group of `method` (with `structure`) at `sparsity`, or None."""
     model, epochs, steps_per_epoch = setting
     for group in groups:
-        if (group["model"], group["epochs"], group["steps_per_epoch"], group["method"]) != (
-                model, epochs, steps_per_epoch, method):
+        if (group["model"], group["epochs"], group["steps_per_epoch"], group["method"],
+                group["structure"]) != (model, epochs, steps_per_epoch, method, structure):
             continue
         if method == "dense" or math.isclose(group["sparsity"], sparsity):
             return group
@@ -536,11 +663,12 @@ def evaluate_targets(groups, setting):
         A list of dicts: `name`, `status` (`"met"`, `"missed"` or
         `"pending"`), `detail` (the numbers, in percentage points, with the
         number of seeds of each mean) and `values` (`{method@sparsity:
-        mean accuracy in points}`).
+        mean accuracy in points}`; a structured run's label has its
+        structure: `rigl/block4x1@90`).
     """
 
-    def mean(method, sparsity=None):
-        group = _find(groups, setting, method, sparsity)
+    def mean(method, sparsity=None, structure=None):
+        group = _find(groups, setting, method, sparsity, structure)
         if group is None:
             return None, 0
         return 100 * group["test_accuracy"]["mean"], group["n"]
@@ -550,9 +678,11 @@ def evaluate_targets(groups, setting):
     def add(name, needed, check, describe):
         values = {}
         counts = {}
-        for method, sparsity in needed:
-            label = method if sparsity is None else f"{method}@{_percent(sparsity)}"
-            values[label], counts[label] = mean(method, sparsity)
+        for method, sparsity, *structure in needed:
+            structure = structure[0] if structure else None
+            label = method if structure is None else f"{method}/{structure}"
+            label = label if sparsity is None else f"{label}@{_percent(sparsity)}"
+            values[label], counts[label] = mean(method, sparsity, structure)
         if any(v is None for v in values.values()):
             missing = ", ".join(k for k, v in values.items() if v is None)
             targets.append({"name": name, "status": "pending", "values": values,
@@ -581,6 +711,17 @@ def evaluate_targets(groups, setting):
             [("prune", sparsity), ("tfmot", sparsity)],
             lambda p, t: abs(p - t) <= 0.3 + _EPS,
             lambda p, t: f"prune - TFMOT {p - t:+.3f}")
+    block = STRUCTURES["block4x1"]
+    add(f"RigL with {block.label} at 90% within 0.3 points of unstructured RigL at 90%",
+        [("rigl", 0.9, "block4x1"), ("rigl", 0.9)],
+        lambda b, u: u - b <= 0.3 + _EPS,
+        lambda b, u: f"unstructured - block RigL {u - b:+.3f}")
+    n_m = STRUCTURES["nm2of4"]
+    add(f"RigL with {n_m.label} ({_percent(n_m.sparsity)}%, uniform) within 0.2 points "
+        "of dense",
+        [("rigl", n_m.sparsity, "nm2of4"), ("dense", None)],
+        lambda r, d: d - r <= 0.2 + _EPS,
+        lambda r, d: f"dense - 2:4 RigL {d - r:+.3f}")
     return targets
 
 
@@ -616,13 +757,71 @@ def _flops_cell(groups, setting, method, sparsities, name):
     return " / ".join(cells)
 
 
-def markdown_tables(groups):
-    """One markdown table per (model, epochs): methods x sparsities.
+def _accuracy_cell(group):
+    acc = group["test_accuracy"]
+    return f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} ({group['n']})"
 
-    Cells are `mean ± std (n)` of the test accuracy in percent over `n`
-    seeds; `dense` (which has no sparsity) repeats its value in every
-    column. The FLOPs columns list the mean train / inference FLOPs
-    relative to dense for the sparsities in column order.
+
+def _series_label(method, structure):
+    if structure is None:
+        return LABELS[method]
+    label = f"{LABELS[method]}, {STRUCTURES[structure].label}"
+    if STRUCTURES[structure].distribution != "erk":
+        label += f" ({STRUCTURES[structure].distribution})"
+    return label
+
+
+def _structured_table(groups, setting):
+    """The structured runs of `setting` next to their references (lines)."""
+    structured = [g for g in groups if g["structure"] is not None
+                  and (g["model"], g["epochs"], g["steps_per_epoch"]) == setting]
+    if not structured:
+        return []
+    header = ["Method", "Structure", "Sparsity", "Distribution", "Test accuracy",
+              "Reference", "Reference accuracy", "Difference (points)", "Train FLOPs",
+              "Inference FLOPs", "Masks hold the structure"]
+    lines = [f"### {_setting_title(setting)}: structured masks", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] * 4 + ["---:", ":---"] + ["---:"] * 5) + "|"]
+    for group in structured:
+        structure = STRUCTURES[group["structure"]]
+        if structure.reference == "dense":
+            reference = _find(groups, setting, "dense")
+            reference_label = LABELS["dense"]
+        else:
+            reference = _find(groups, setting, group["method"], group["sparsity"])
+            reference_label = f"{LABELS[group['method']]}, unstructured"
+        if reference is None:
+            difference = "—"
+        else:
+            delta = group["test_accuracy"]["mean"] - reference["test_accuracy"]["mean"]
+            difference = f"{100 * delta:+.2f}"
+        distribution = structure.distribution
+        cells = [
+            LABELS[group["method"]], structure.label, f"{_percent(group['sparsity'])}%",
+            distribution.upper() if distribution == "erk" else distribution,
+            _accuracy_cell(group), reference_label,
+            "—" if reference is None else _accuracy_cell(reference), difference,
+        ]
+        for name in ("train_flops", "inference_flops"):
+            cells.append("—" if group[name] is None else f"{group[name]:.3f}")
+        cells.append(f"{group['structure_holds']} of {group['n']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_tables(groups):
+    """Markdown tables per (model, epochs): methods x sparsities, then structures.
+
+    In the first table, cells are `mean ± std (n)` of the test accuracy in
+    percent over `n` seeds (unstructured masks); `dense` (which has no
+    sparsity) repeats its value in every column. The FLOPs columns list
+    the mean train / inference FLOPs relative to dense for the sparsities
+    in column order. A second table, when there are structured runs, has
+    one row per (method, structure, sparsity) with its reference (the
+    unstructured method at the same sparsity, or dense: `Structure.reference`),
+    the difference of the means, the FLOPs and how many runs' trained masks
+    hold the structure.
 
     Args:
         groups: As `aggregate` returns.
@@ -632,8 +831,12 @@ def markdown_tables(groups):
     """
     parts = []
     for setting in _settings(groups):
-        in_setting = [g for g in groups
-                      if (g["model"], g["epochs"], g["steps_per_epoch"]) == setting]
+        in_setting = [g for g in groups if g["structure"] is None
+                      and (g["model"], g["epochs"], g["steps_per_epoch"]) == setting]
+        structured = _structured_table(groups, setting)
+        if not in_setting:
+            parts.append("\n".join(structured))
+            continue
         sparsities = sorted({g["sparsity"] for g in in_setting if g["sparsity"] is not None})
         if not sparsities:
             sparsities = list(_DEFAULTS["sparsities"])
@@ -653,12 +856,13 @@ def markdown_tables(groups):
                 if group is None:
                     cells.append("—")
                     continue
-                acc = group["test_accuracy"]
-                cells.append(f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} ({group['n']})")
+                cells.append(_accuracy_cell(group))
             for name in ("train_flops", "inference_flops"):
                 cells.append(_flops_cell(groups, setting, method, sparsities, name))
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+        if structured:
+            parts.append("\n".join(structured))
     return "\n\n".join(parts)
 
 
@@ -679,15 +883,23 @@ def _plot_range(groups):
     return bottom, max(highs) + 0.3
 
 
+def _series():
+    """`(method, structure)` of every line of the plot, in legend order."""
+    return ([(m, None) for m in METHODS]
+            + [(m, s) for m in _STRUCTURED_METHODS for s in STRUCTURES])
+
+
 def write_plot(groups, path):
     """Writes the accuracy-vs-sparsity PNG; returns its path, or None.
 
     One panel per (model, epochs); a line with ± std error bars per method
-    (slightly offset sideways so the bars do not hide each other), dense as
-    a horizontal line with a ± std band. The y axis spans at most
-    `_PLOT_SPAN` points below dense; a mean below that is marked by an
-    arrow at the bottom edge with its value. Returns None (and writes
-    nothing) when matplotlib is not installed or there is nothing to plot.
+    and per (method, structure) (structured: dotted, square markers), all
+    slightly offset sideways so the bars do not hide each other; dense as
+    a horizontal line with a ± std band. The x axis has the sparsities of
+    the panel's runs (2:4 adds 50%). The y axis spans at most `_PLOT_SPAN`
+    points below dense; a mean below that is marked by an arrow at the
+    bottom edge with its value. Returns None (and writes nothing) when
+    matplotlib is not installed or there is nothing to plot.
     """
     try:
         import matplotlib  # pylint: disable=g-import-not-at-top
@@ -701,49 +913,55 @@ def write_plot(groups, path):
         return None
     fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.6),
                              squeeze=False)
-    colors = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+    series = _series()
+    colors = dict(zip(series, plt.get_cmap("tab10").colors))
+    sparse_series = [s for s in series if s != ("dense", None)]
+
+    def offset(method, structure):
+        index = sparse_series.index((method, structure))
+        return 0.06 * (index - (len(sparse_series) - 1) / 2)
+
     for ax, setting in zip(axes[0], settings):
         in_setting = [g for g in groups
                       if (g["model"], g["epochs"], g["steps_per_epoch"]) == setting]
         sparsities = sorted({g["sparsity"] for g in in_setting if g["sparsity"] is not None})
         positions = {s: i for i, s in enumerate(sparsities)}
-        sparse_methods = [m for m in METHODS if m != "dense"]
-        for method in METHODS:
-            rows = [g for g in in_setting if g["method"] == method]
+        for method, structure in series:
+            rows = [g for g in in_setting
+                    if (g["method"], g["structure"]) == (method, structure)]
             if not rows:
                 continue
+            color, label = colors[(method, structure)], _series_label(method, structure)
             if method == "dense":
                 acc = rows[0]["test_accuracy"]
                 mean, std = 100 * acc["mean"], 100 * acc["std"]
-                ax.axhline(mean, color=colors[method], linestyle="--",
-                           label=f"{LABELS[method]} ({mean:.2f})")
+                ax.axhline(mean, color=color, linestyle="--", label=f"{label} ({mean:.2f})")
                 if std > 0:
-                    ax.axhspan(mean - std, mean + std, color=colors[method], alpha=0.15)
+                    ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
                 continue
-            offset = 0.06 * (sparse_methods.index(method) - (len(sparse_methods) - 1) / 2)
-            xs = [positions[g["sparsity"]] + offset for g in rows]
+            xs = [positions[g["sparsity"]] + offset(method, structure) for g in rows]
             ys = [100 * g["test_accuracy"]["mean"] for g in rows]
             errors = [100 * g["test_accuracy"]["std"] for g in rows]
-            ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=4, capsize=3,
-                        color=colors[method], label=LABELS[method])
+            ax.errorbar(xs, ys, yerr=errors, marker="o" if structure is None else "s",
+                        markersize=4, capsize=3, color=color, label=label,
+                        linestyle="-" if structure is None else ":")
         bottom, top = _plot_range(in_setting)
         ax.set_ylim(bottom, top)
         for group in in_setting:
             value = 100 * group["test_accuracy"]["mean"]
             if group["method"] == "dense" or value >= bottom:
                 continue
-            offset = 0.06 * (sparse_methods.index(group["method"])
-                             - (len(sparse_methods) - 1) / 2)
+            key = (group["method"], group["structure"])
             ax.annotate(
-                f"{LABELS[group['method']]}: {value:.1f}", color=colors[group["method"]],
-                xy=(positions[group["sparsity"]] + offset, bottom),
+                f"{_series_label(*key)}: {value:.1f}", color=colors[key],
+                xy=(positions[group["sparsity"]] + offset(*key), bottom),
                 xytext=(0, 18), textcoords="offset points", ha="center", fontsize=7,
-                arrowprops={"arrowstyle": "->", "color": colors[group["method"]]},
+                arrowprops={"arrowstyle": "->", "color": colors[key]},
             )
         ax.set_xticks(range(len(sparsities)))
         ax.set_xticklabels([f"{_percent(s)}%" for s in sparsities])
         ax.set_xlim(-0.5, max(len(sparsities) - 0.5, 0.5))
-        ax.set_xlabel("sparsity (ERK)")
+        ax.set_xlabel("sparsity (ERK unless marked)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(_setting_title(setting) + "\nmean ± std over seeds", fontsize=10)
         ax.grid(alpha=0.3)
@@ -795,6 +1013,15 @@ def build_report(config, plan, failures=()):
             "seeds": list(config.seeds),
             "steps_per_epoch": config.steps_per_epoch,
             "distribution": "erk",
+            "structures": {
+                name: {"label": STRUCTURES[name].label,
+                       STRUCTURES[name].flag: list(STRUCTURES[name].value),
+                       "distribution": STRUCTURES[name].distribution,
+                       "reference": STRUCTURES[name].reference}
+                for name in config.structures
+            },
+            "structured_methods": list(_STRUCTURED_METHODS),
+            "block_sparsities": list(config.block_sparsities),
             "dataset": _DATASET,
             "shared_flags": shared_flags(),
             "runs_dir": _relative(config.runs_dir),
@@ -843,7 +1070,11 @@ def render_markdown(report):
         "`tfmot.sparsity.keras.prune_low_magnitude` with the same per-layer "
         "ERK targets and pruning schedule (`benchmarks/accuracy_tfmot.py`, "
         "tf_keras); its FLOPs are those of Pruning (ours) by construction "
-        "and are not recomputed (n/a).",
+        "and are not recomputed (n/a). Structured masks (RigL, LeNet-300-100): "
+        "`--block_shape 4,1` (`rigl_keras.structures.Block((4, 1))`, ERK) and "
+        "`--n_m 2,4` (`NM(2, 4)`, which needs `--sparsity 0.5 --distribution "
+        "uniform`), otherwise the same flags; the last column counts the runs "
+        "whose trained masks pass `rigl_keras.structures.check`.",
         "",
         markdown_tables(report["groups"]) or "_No finished runs yet._",
         "",
@@ -893,6 +1124,12 @@ def _sparsity_list(text):
     return values
 
 
+def _structure_list(text):
+    if text.strip() == "none":
+        return []
+    return _list(str, tuple(STRUCTURES))(text)
+
+
 def parse_args(argv=None):
     """Parses the sweep's command line."""
     parser = argparse.ArgumentParser(
@@ -912,6 +1149,13 @@ def parse_args(argv=None):
                         default=list(_DEFAULTS["lenet5_sparsities"]))
     parser.add_argument("--lenet5_epochs", type=_common.positive_int,
                         default=_DEFAULTS["lenet5_epochs"])
+    parser.add_argument("--structures", type=_structure_list,
+                        default=list(_DEFAULTS["structures"]),
+                        help=f"Structured RigL runs on LeNet-300-100: names in "
+                             f"{', '.join(STRUCTURES)}, or 'none'.")
+    parser.add_argument("--block_sparsities", type=_sparsity_list,
+                        default=list(_DEFAULTS["block_sparsities"]),
+                        help="Sparsities of the block-structured runs.")
     parser.add_argument("--seeds", type=_list(int), default=list(_DEFAULTS["seeds"]))
     parser.add_argument("--steps_per_epoch", type=_common.positive_int, default=None,
                         help="Cap on the steps of an epoch (quick checks only).")
@@ -937,6 +1181,7 @@ def _plan(config):
         config.models, config.methods, config.sparsities, config.epochs, config.seeds,
         lenet5_methods=config.lenet5_methods, lenet5_sparsities=config.lenet5_sparsities,
         lenet5_epochs=config.lenet5_epochs, steps_per_epoch=config.steps_per_epoch,
+        structures=config.structures, block_sparsities=config.block_sparsities,
     )
 
 

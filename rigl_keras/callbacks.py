@@ -250,21 +250,24 @@ class RigLCallback(MaskCallback):
 
 @keras.saving.register_keras_serializable(package="rigl_keras")
 class GradualPruningCallback(MaskCallback):
-    """Prunes a model with masked layers gradually, by weight magnitude.
+    """Prunes a model with masked weights gradually, by weight magnitude.
 
-    See the module docstring for the schedule. The number of zeros of layer
-    `l` after a pruning step is exactly `floor(s_t,l * N_l)`
-    (`rigl_keras.distributions.layer_zero_counts`), unless the layer was
-    already sparser (masks never grow). Ties in `|W|` are broken by a seeded
-    random order (the same on every run and replica). Layers whose final
-    target is 0 are never touched.
+    Zhu & Gupta's schedule (`rigl_keras.pruning` has it in full): at
+    optimizer step t the sparsity of weight l is
+    `s_t,l = s_f,l + (s_i,l - s_f,l) * (1 - p) ** 3`, p the fraction of the
+    window `[begin_step, end_step]` gone by. The number of zeros of weight
+    l after a pruning step is exactly `floor(s_t,l * N_l)`
+    (`rigl_keras.distributions.layer_zero_counts`), unless it was already
+    sparser (masks never grow). Ties in `|W|` are broken by a seeded random
+    order (the same on every run and replica). Weights whose final target
+    is 0 are never touched.
 
     Args:
-        sparsity: Final overall fraction of zeros over all masked kernels,
+        sparsity: Final overall fraction of zeros over all masked weights,
             in `[0, 1)`. Ignored when `distribution` is a dict.
         distribution: `"uniform"`, `"er"` or `"erk"` (how `sparsity` is
-            spread over layers), or a dict `{layer_name: final_sparsity}`
-            (layers not named stay dense).
+            spread over weights), or a dict `{weight path or layer name:
+            final_sparsity}` (weights not named stay dense).
         begin_step: Optimizer step at which pruning starts (>= 0).
         end_step: Optimizer step at which the final sparsity is reached,
             greater than `begin_step`; `None` means 75% of the optimizer
@@ -272,9 +275,9 @@ class GradualPruningCallback(MaskCallback):
         update_freq: Optimizer steps between pruning steps (>= 1).
         initial_sparsity: Sparsity `s_i` of the schedule at `begin_step`, in
             `[0, sparsity]`; the model is pruned to it when training starts.
-            A layer whose final target is lower starts at its final target.
-        dense_layers: Names of masked layers to keep dense (within the
-            budget for ER/ERK).
+            A weight whose final target is lower starts at its final target.
+        dense_layers: Weights (paths or layer names) to keep dense, outside
+            the sparsity budget for ER/ERK.
         erk_power_scale: Exponent of the ERK raw scores.
         verbose: 0 (silent) or 1 (one line per pruning step).
         structure: As in `RigLCallback`. `Block` weights are pruned in

@@ -1,11 +1,14 @@
 """Export of trained sparse models: strip the masks, write SavedModel/TFLite.
 
-A model trained with `rigl_keras` holds `MaskedDense`/`MaskedConv2D` layers,
-each with a kernel, a bias and a 0/1 mask. For serving, none of that
-machinery is needed: `strip_masks` returns a copy of the model in which each
-masked layer is the plain Keras layer (`Dense`, `Conv2D`) holding the
-product `kernel * mask`, so the copy computes exactly what the masked model
-computes in inference and loads without `rigl_keras` installed.
+A model trained with `rigl_keras` holds masked weights: in
+`MaskedDense`/`MaskedConv2D` layers, or in the sparse twins that
+`rigl_keras.sparsify` made of any supported layer (`Dense`, `EinsumDense`
+inside `MultiHeadAttention`, convolutions, ...), each weight with a 0/1
+mask. For serving, none of that machinery is needed: `strip_masks` returns
+a copy of the model in which each masked layer is its plain Keras layer
+(`Dense`, `Conv2D`, the twin's own base class) holding the product
+`weight * mask`, so the copy computes exactly what the masked model computes
+in inference and loads without `rigl_keras` installed.
 
 `export_saved_model` writes the stripped model as a TensorFlow SavedModel
 (for TF Serving) and `export_tflite` converts it to a `.tflite` flatbuffer,
@@ -220,8 +223,12 @@ def strip_masks(model):
 
     Each `MaskedDense` becomes a `keras.layers.Dense` and each `MaskedConv2D`
     a `keras.layers.Conv2D` with the same config (name included) whose kernel
-    is `kernel * mask` and whose bias is the masked layer's bias. Every other
-    layer is copied with its config and weights. The result computes what the
+    is `kernel * mask` and whose bias is the masked layer's bias; a layer
+    `rigl_keras.sparsify` masked becomes its own base class again, with
+    every masked weight multiplied by its mask (attention's internal
+    `EinsumDense` layers included). Every other layer is copied with its
+    config and weights. A subclassed model cannot be cloned: call
+    `rigl_keras.unsparsify(model)` on it instead (in place). The result computes what the
     masked model computes in inference, needs no `rigl_keras` code to load,
     and shares no variables with `model`, which is left untouched.
 

@@ -625,3 +625,26 @@ def test_compare_flag_reads_a_stored_report_without_timing(tmp_path, capsys, mon
     comparisons = overhead.main(["--compare", str(path)])
     assert comparisons["m"]["static/plain"]["paired_median"] == pytest.approx(1.05)
     assert "m static/plain: 1.0500 [1.0500, 1.0500]" in capsys.readouterr().out
+
+
+def test_one_function_variant_trains_with_a_single_train_function():
+    # The design comparison: the default RigL callback swaps between two
+    # traced train functions; this variant must keep one for every step.
+    def train_functions(variant):
+        model = overhead._compiled_model("lenet300_100", variant, 0.01, seed=0)
+        (rigl,) = overhead._callbacks(variant, 0.9, 2, 0)
+        seen = []
+
+        class Spy(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                seen.append(self.model.train_function)
+
+        x = np.random.default_rng(0).random((64, 784)).astype("float32")
+        y = np.arange(64) % 10
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[rigl, Spy()])
+        return {id(f) for f in seen}, rigl
+
+    swapped, _ = train_functions("sparsify_rigl")
+    single, rigl = train_functions("sparsify_rigl_one_function")
+    assert len(swapped) == 2 and len(single) == 1
+    assert isinstance(rigl, rigl_keras.RigLCallback) and rigl.update_freq == 2

@@ -362,3 +362,45 @@ def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
     np.testing.assert_allclose(
         model.predict([xa, xb], verbose=0), twin.predict([xa, xb], verbose=0),
         rtol=1e-5, atol=1e-6)
+
+
+def test_snfs_moving_average_of_a_shared_layer_moves_once_per_step():
+    # SNFS keeps avg_t = m * avg_{t-1} + (1 - m) * (g_a + g_b) per optimizer
+    # step for a layer called at two sites, not one move per call site.
+    keras.utils.set_random_seed(0)
+    model = _two_site_model(lambda: keras.layers.Dense(5, activation="tanh", name="shared"))
+    rigl_keras.sparsify(model, filters="shared")
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    rng = np.random.default_rng(1)
+    xa, xb = (rng.standard_normal((160, 6)).astype("float32") for _ in range(2))
+    y = rng.standard_normal((160, 3)).astype("float32")
+
+    class Spy(SpiedRigL):
+        def before_update(self, step):
+            (recorder,) = self.recorders.values()
+            self.recorded[step] = _numpy(recorder.gradient)
+
+    class Weights(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            shared, head = self.model.get_layer("shared"), self.model.get_layer("head")
+            self.before[_step(self.model) + 1] = (batch, [
+                _numpy(shared.kernel), _numpy(shared.bias),
+                _numpy(head.kernel), _numpy(head.bias)])
+
+    rigl = Spy(distribution={"shared": 0.6}, update_freq=4, end_step=12,
+               drop_fraction_schedule="constant", grow="momentum", seed=0)
+    rigl.recorded = {}
+    weights = Weights()
+    weights.before = {}
+    model.fit([xa, xb], y, batch_size=_BATCH, epochs=2, shuffle=False, verbose=0,
+              callbacks=[rigl, weights])
+    assert sorted(rigl.recorded) == [4, 8, 12]
+    average = np.zeros((6, 5), np.float32)
+    for step in range(1, 13):
+        batch, before = weights.before[step]
+        rows = slice(batch * _BATCH, (batch + 1) * _BATCH)
+        grad_a, grad_b = _site_gradients(before, xa[rows], xb[rows], y[rows])
+        average = 0.9 * average + 0.1 * (grad_a + grad_b)
+        if step in rigl.recorded:
+            np.testing.assert_allclose(rigl.recorded[step], average, rtol=1e-4,
+                                       atol=1e-7, err_msg=f"step {step}")

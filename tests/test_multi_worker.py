@@ -331,14 +331,14 @@ def test_fit_upstream_failure_is_pinned(fit_run):
 
     When this test fails because `plain_fit_ok` is True, the upstream bug
     is fixed: delete this test, keep `test_rigl_with_fit` (which then runs)
-    and update the README section "Multi-worker, TPU and custom loops".
+    and update the "Multi-worker" section of docs/distributed.md.
     """
     for _, summary in fit_run:
         if summary["plain_fit_ok"]:
             pytest.fail(
                 f"{_UPSTREAM_FIT_BUG} works now: a plain Dense model trained "
-                "with fit() on two workers. Remove this pin and update the "
-                "README (test_rigl_with_fit now tests RigL with fit)."
+                "with fit() on two workers. Remove this pin and update "
+                "docs/distributed.md (test_rigl_with_fit now tests RigL with fit)."
             )
         assert summary["error_type"] == "ValueError", summary
         assert summary["error_head"].startswith(
@@ -362,16 +362,17 @@ def test_rigl_with_fit(fit_run):
 
 
 # ---------------------------------------------------------------------------
-# 3. The README's multi-worker example, as written.
+# 3. The multi-worker example of docs/distributed.md, as written.
 # ---------------------------------------------------------------------------
 
 
 def _readme_example(tmp_path):
-    readme = (_REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Multi-worker, TPU and custom loops", 1)[1]
+    """The multi-worker example of docs/distributed.md, as a script."""
+    page = (_REPO_ROOT / "docs" / "distributed.md").read_text()
+    section = page.split("## Multi-worker\n", 1)[1]
     section = section.split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README's multi-worker section has no python block"
+    assert match, "docs/distributed.md's multi-worker section has no python block"
     path = tmp_path / "train.py"
     path.write_text(match.group(1))
     return path

@@ -4,7 +4,8 @@
   start, on the real MNIST from TFDS, reaches its accuracy.
 * Its set-up commands are the two that CI (`.ci/run`) runs.
 * Its results table is the headline table of the stored accuracy report,
-  row for row, with the command that made it and its plot. The other
+  row for row, with the command that made it and its plot; its deployment
+  table is rows of the stored export report, with its command. The other
   stored reports are on the docs pages (`tests/test_docs.py`).
 * It stays at most 200 lines, and its relative links resolve.
 """
@@ -123,10 +124,25 @@ def test_results_table_is_the_stored_headline_table():
     assert "(benchmarks/results/accuracy.png)" in results
 
 
+def test_deployment_table_is_rows_of_the_stored_export_report():
+    section = _section("Faster inference")
+    rows = _table_rows(section)
+    stored_md = (ROOT / "benchmarks" / "results" / "export.md").read_text(encoding="utf-8")
+    assert len(rows) >= 4, "README has no deployment table"
+    missing = [row for row in rows if row not in stored_md.splitlines()]
+    assert not missing, ("README rows not in benchmarks/results/export.md "
+                         "(rerun the benchmark rather than edit numbers)", missing)
+    assert any(row.startswith("| block4x1 90% | float32 |") for row in rows), rows
+    report = json.loads(
+        (ROOT / "benchmarks" / "results" / "export.json").read_text(encoding="utf-8"))
+    assert f"`{report['command']}`" in section, report["command"]
+
+
 def test_readme_quotes_no_other_stored_table():
     """The other stored tables live on the docs pages, not in the README."""
     results = pathlib.Path(ROOT / "benchmarks" / "results")
-    headline = set(_table_rows(_section("Results")))
+    headline = set(_table_rows(_section("Results"))) | set(
+        _table_rows(_section("Faster inference")))
     stored = set()
     for path in results.glob("*.json"):
         report = json.loads(path.read_text(encoding="utf-8"))

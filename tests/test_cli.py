@@ -29,15 +29,17 @@ from rigl_keras import train as train_lib
 TRAIN_PY = REPO_ROOT / "rigl_keras" / "train.py"
 TINY_RUN = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=16", "--verbose=0"]
 
-# Runs train.py loaded on its own (module `rigl_train_cli`), with the
+# Runs train.py loaded on its own (module `rigl_train_cli`) as the
+# `rigl-train` console script does (its argv[0] is the script), with the
 # arguments given, and says on stdout whether TensorFlow got imported.
 _STANDALONE = textwrap.dedent("""
     import importlib.util, sys
-    spec = importlib.util.spec_from_file_location("rigl_train_cli", sys.argv[1])
+    path, sys.argv = sys.argv[1], ["rigl-train", *sys.argv[2:]]
+    spec = importlib.util.spec_from_file_location("rigl_train_cli", path)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     try:
-        cli.run(["rigl-train", *sys.argv[2:]])
+        cli.run(list(sys.argv))
     finally:
         print("tensorflow imported:", "tensorflow" in sys.modules)
 """)

@@ -300,6 +300,20 @@ def _site_gradients(weights, xa, xb, y):
     return grad_a.numpy(), grad_b.numpy()
 
 
+class _SiteWeights(keras.callbacks.Callback):
+    """`before[step] = (batch, [shared kernel, bias, head kernel, bias])`."""
+
+    def __init__(self):
+        super().__init__()
+        self.before = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        shared, head = self.model.get_layer("shared"), self.model.get_layer("head")
+        self.before[_step(self.model) + 1] = (batch, [
+            _numpy(shared.kernel), _numpy(shared.bias),
+            _numpy(head.kernel), _numpy(head.bias)])
+
+
 def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
     keras.utils.set_random_seed(0)
     model = _two_site_model(
@@ -314,18 +328,10 @@ def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
             (recorder,) = self.recorders.values()
             self.recorded[step] = _numpy(recorder.gradient)
 
-    class Weights(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            weights = [_numpy(self.model.get_layer(n).kernel) for n in ("shared", "head")]
-            self.before[_step(self.model) + 1] = (
-                batch, [weights[0], _numpy(self.model.get_layer("shared").bias),
-                        weights[1], _numpy(self.model.get_layer("head").bias)])
-
     rigl = Spy(distribution={"shared": 0.6}, update_freq=4, end_step=12,
                drop_fraction_schedule="constant", seed=0)
     rigl.recorded = {}
-    weights = Weights()
-    weights.before = {}
+    weights = _SiteWeights()
     snapshots = _Snapshots()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -380,18 +386,10 @@ def test_snfs_moving_average_of_a_shared_layer_moves_once_per_step():
             (recorder,) = self.recorders.values()
             self.recorded[step] = _numpy(recorder.gradient)
 
-    class Weights(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            shared, head = self.model.get_layer("shared"), self.model.get_layer("head")
-            self.before[_step(self.model) + 1] = (batch, [
-                _numpy(shared.kernel), _numpy(shared.bias),
-                _numpy(head.kernel), _numpy(head.bias)])
-
     rigl = Spy(distribution={"shared": 0.6}, update_freq=4, end_step=12,
                drop_fraction_schedule="constant", grow="momentum", seed=0)
     rigl.recorded = {}
-    weights = Weights()
-    weights.before = {}
+    weights = _SiteWeights()
     model.fit([xa, xb], y, batch_size=_BATCH, epochs=2, shuffle=False, verbose=0,
               callbacks=[rigl, weights])
     assert sorted(rigl.recorded) == [4, 8, 12]

@@ -35,14 +35,14 @@ _PUBLIC = {
     "SparsifyReport": "rigl_keras.sparsify",
     "SparsityReport": "rigl_keras.report",
     "export_saved_model": "rigl_keras.export",
-    "export_tflite": "rigl_keras.export",
+    "export_tflite": "rigl_keras.tflite",
     "get_masks": "rigl_keras.masking",
     "masked_layers": "rigl_keras.layers",
     "masked_weights": "rigl_keras.masking",
     "sparsify": "rigl_keras.sparsify",
     "sparsity_distribution": "rigl_keras.distributions",
     "sparsity_report": "rigl_keras.report",
-    "strip_masks": "rigl_keras.export",
+    "strip_masks": "rigl_keras.strip",
     "unsparsify": "rigl_keras.sparsify",
 }
 

@@ -53,6 +53,7 @@ __all__ = [
     "kernel_weights",
     "masked_weights",
     "layer_masks",
+    "nested_layers",
     "random_mask",
     "register_mask",
     "remove_masks",
@@ -156,6 +157,25 @@ def walk_layers(model):
 # Where a layer keeps `{variable name: (variable, mask)}` of its own masks:
 # an untracked entry of its __dict__, so Keras' weight tracking is unchanged.
 _MASKS_ATTRIBUTE = "_rigl_masks"
+
+
+def nested_layers(layer):
+    """Every layer inside `layer`, nested ones included, without `layer`.
+
+    Args:
+        layer: A `keras.layers.Layer` (a model included).
+
+    Returns:
+        A list of layers, in `walk_layers` order.
+
+    Example:
+
+    >>> inner = keras.Sequential([keras.layers.Dense(2, name="fc")], name="inner")
+    >>> outer = keras.Sequential([inner], name="outer")
+    >>> [l.name for l in nested_layers(outer)]
+    ['inner', 'fc']
+    """
+    return [sublayer for sublayer, _ in walk_layers(layer)][1:]
 
 
 def layer_masks(layer):

@@ -868,6 +868,7 @@ def _structure_result(config, model):
 def _export(model, config):
     """Writes the SavedModel and TFLite exports asked for; their paths."""
     from rigl_keras import export
+    from rigl_keras import tflite
 
     paths = {}
     if config.export_dir:
@@ -875,7 +876,7 @@ def _export(model, config):
             model, config.export_dir, overwrite=config.overwrite
         )
     if config.tflite_path:
-        paths["tflite_path"] = export.export_tflite(model, config.tflite_path, sparse=True)
+        paths["tflite_path"] = tflite.export_tflite(model, config.tflite_path, sparse=True)
     return paths
 
 

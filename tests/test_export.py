@@ -1,4 +1,4 @@
-"""Tests for `rigl_keras.export` and `rigl_keras.report`.
+"""Tests for `rigl_keras.strip`, `export`, `tflite` and `report`.
 
 Every model gets random masks (80-90% zeros), non-zero kernels and biases
 and non-trivial BatchNormalization statistics, so a dropped mask, a lost
@@ -889,6 +889,14 @@ def test_sparsity_report_of_a_sparsified_mobilenet_v2():
     # The masks are not parameters: the count of the unsparsified model.
     assert report.total_params == params
     assert report.params_sparsity == inactive / params
+
+
+def test_strip_docstring_examples():
+    from rigl_keras import strip as strip_lib  # pylint: disable=import-outside-toplevel
+
+    results = doctest.testmod(
+        strip_lib, extraglobs={"keras": keras, "MaskedDense": rigl_keras.MaskedDense})
+    assert results.attempted > 0 and results.failed == 0
 
 
 def test_sparsity_report_docstring_examples():

@@ -244,7 +244,7 @@ def model_facts(variant, model, x_test, y_test):
     logits = model.predict(x_test, batch_size=1000, verbose=0)
     return {
         "variant": variant,
-        "structure": structures.serialize_argument(structure),
+        "structure": structures.serialize(structure),
         "distribution": "erk" if sparse else None,
         "sparsity": report.sparsity if sparse else 0.0,
         "layer_sparsity": {r["name"]: round(r["sparsity"], 4) for r in report[:-1]},

@@ -12,7 +12,7 @@ import keras
 from rigl_keras import engine as engine_lib
 from rigl_keras import pruning
 from rigl_keras import rigl_engine
-from rigl_keras import structures
+from rigl_keras import structure_arguments
 
 __all__ = ["GradualPruningCallback", "MaskCallback", "RigLCallback"]
 
@@ -234,13 +234,13 @@ class RigLCallback(MaskCallback):
             "dense_layers": list(self.dense_layers),
             "erk_power_scale": self.erk_power_scale,
             "verbose": self.verbose,
-            "structure": structures.serialize_argument(self.structure),
+            "structure": structure_arguments.serialize_argument(self.structure),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["structure"] = structures.deserialize_argument(config.get("structure"))
+        config["structure"] = structure_arguments.deserialize_argument(config.get("structure"))
         if isinstance(config.get("drop_fraction_schedule"), dict):
             config["drop_fraction_schedule"] = keras.saving.deserialize_keras_object(
                 config["drop_fraction_schedule"]
@@ -353,11 +353,11 @@ class GradualPruningCallback(MaskCallback):
             "dense_layers": list(self.dense_layers),
             "erk_power_scale": self.erk_power_scale,
             "verbose": self.verbose,
-            "structure": structures.serialize_argument(self.structure),
+            "structure": structure_arguments.serialize_argument(self.structure),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["structure"] = structures.deserialize_argument(config.get("structure"))
+        config["structure"] = structure_arguments.deserialize_argument(config.get("structure"))
         return cls(**config)

@@ -30,6 +30,7 @@ from rigl_keras import gradients
 from rigl_keras import masking
 from rigl_keras import optimizer_state
 from rigl_keras import structured_masks
+from rigl_keras import structure_arguments
 from rigl_keras import structures
 
 __all__ = [
@@ -148,7 +149,7 @@ class MaskEngine:
         allow_static=False,
         structure=None,
     ):
-        structures.validate_argument(structure)
+        structure_arguments.validate_argument(structure)
         if not _checks.is_real(sparsity) or not 0.0 <= sparsity < 1.0:
             raise ValueError(
                 "`sparsity` must be a number in [0, 1). "

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from rigl_keras import masking
 from rigl_keras import structured_masks
+from rigl_keras import structure_arguments
 from rigl_keras import structures as structures_lib
 
 __all__ = ["SparsityReport", "sparsity_report"]
@@ -280,7 +281,7 @@ def sparsity_report(model, structure=None):
             "built: start it with `keras.Input(shape)`, or call "
             "`model.build(input_shape)` or the model on data first."
         )
-    structures_lib.validate_argument(structure)
+    structure_arguments.validate_argument(structure)
     weights = masking.kernel_weights(model)
     counted = [w for w in weights if w.mask is not None]
     report = SparsityReport()

@@ -24,8 +24,9 @@ XLA) and deterministic given a stateless seed:
   which `rigl_keras.updaters.MaskUpdater.update(..., structure=...)` makes.
 
 `check(model, structure)` tells whether a model's masks have a structure;
-`get`, `serialize` and `deserialize` convert configs, and
-`parse_block_shape` / `parse_n_m` read the command line's spellings.
+`get`, `serialize` and `deserialize` convert configs.
+`rigl_keras.structure_arguments` reads the `structure=` argument of the
+callbacks (one structure for every weight, or a dict per weight).
 
 Example:
 
@@ -63,14 +64,10 @@ __all__ = [
     "initial_mask",
     "matrix_shape",
     "matrix_view",
-    "parse_block_shape",
-    "parse_n_m",
+    "is_per_weight",
+    "per_weight",
     "prune_mask",
     "serialize",
-    "serialize_argument",
-    "deserialize_argument",
-    "per_weight",
-    "validate_argument",
 ]
 
 # An N:M sparsity given as a number may differ from 1 - n/m by this much.
@@ -431,52 +428,6 @@ def get(identifier):
     )
 
 
-def _parse_pair(text, flag, what):
-    try:
-        parts = [int(p) for p in str(text).split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 2 or min(parts) < 1:
-        raise ValueError(f"`{flag}` must be {what}. Received: {flag}={text!r}")
-    return parts
-
-
-def parse_block_shape(text, flag="--block_shape"):
-    """`"4,1"` -> `Block((4, 1))`; None or `""` -> None.
-
-    Raises:
-        ValueError: Naming `flag`, unless `text` is two positive integers.
-
-    Example:
-
-    >>> parse_block_shape("4,1")
-    Block(shape=(4, 1))
-    """
-    if text is None or text == "":
-        return None
-    return Block(tuple(_parse_pair(text, flag, "two positive integers 'rows,cols', e.g. '4,1'")))
-
-
-def parse_n_m(text, flag="--n_m"):
-    """`"2,4"` -> `NM(2, 4)`; None or `""` -> None.
-
-    Raises:
-        ValueError: Naming `flag`, unless `text` is `n,m` with `0 < n <= m`.
-
-    Example:
-
-    >>> parse_n_m("2,4")
-    NM(n=2, m=4)
-    """
-    if text is None or text == "":
-        return None
-    what = "two positive integers 'n,m' with n <= m, e.g. '2,4'"
-    n, m = _parse_pair(text, flag, what)
-    if n > m:
-        raise ValueError(f"`{flag}` must be {what}. Received: {flag}={text!r}")
-    return NM(n, m)
-
-
 def check(model, structure):
     """Whether every masked weight's mask has its structure.
 
@@ -504,7 +455,8 @@ def check(model, structure):
     False
     """
     weights = masking.masked_weights(model)
-    return structured_masks.check_weights(weights, per_weight(weights, structure))
+    return structured_masks.check_weights(
+        weights, per_weight(weights, structure))
 
 
 def per_weight(weights, structure):
@@ -523,7 +475,7 @@ def per_weight(weights, structure):
         ValueError: For a dict key that names no masked weight, or a value
             that is not a structure.
     """
-    if isinstance(structure, dict) and not _is_config(structure):
+    if is_per_weight(structure):
         keys = masking.resolve_keys(weights, structure, "structure")
         given = {keys[name]: get(value) for name, value in structure.items()}
         return {w.key: given.get(w.key) for w in weights}
@@ -531,46 +483,9 @@ def per_weight(weights, structure):
     return {w.key: structure for w in weights}
 
 
-def validate_argument(structure):
-    """Raises `ValueError` unless `structure` is a valid `structure=` value.
-
-    Valid: None, a `Structure` or its config, or a dict of them (or None)
-    keyed by weight path or layer name.
-    """
-    if isinstance(structure, dict) and not _is_config(structure):
-        for name, value in structure.items():
-            try:
-                get(value)
-            except ValueError:
-                raise ValueError(
-                    "Every value of a `structure` dict must be a "
-                    "rigl_keras.structures.Structure or None. "
-                    f"Received: structure[{name!r}]={value!r}"
-                ) from None
-        return
-    try:
-        get(structure)
-    except ValueError:
-        raise ValueError(
-            "`structure` must be None, a rigl_keras.structures.Structure "
-            "(Block, NM) or a dict {weight: Structure or None}. "
-            f"Received: structure={structure!r}"
-        ) from None
-
-
-def serialize_argument(structure):
-    """The config of a `structure=` argument (a structure, dict or None)."""
-    if isinstance(structure, dict) and not _is_config(structure):
-        return {name: serialize(value) for name, value in structure.items()}
-    return serialize(get(structure))
-
-
-def deserialize_argument(config):
-    """The `structure=` argument of a `serialize_argument` config."""
-    if isinstance(config, dict) and not _is_config(config):
-        return {name: deserialize(value) for name, value in config.items()}
-    return deserialize(config)
-
-
-def _is_config(value):
-    return "class_name" in value and "config" in value
+def is_per_weight(structure):
+    """Whether a `structure=` value is a dict per weight (not a config)."""
+    return (
+        isinstance(structure, dict)
+        and not ("class_name" in structure and "config" in structure)
+    )

@@ -14,6 +14,7 @@ import tensorflow as tf
 import rigl_keras
 from rigl_keras import matrix_views
 from rigl_keras import structured_masks
+from rigl_keras import structure_arguments
 from rigl_keras import structures
 from rigl_keras import _selection
 from rigl_keras.structures import NM
@@ -157,28 +158,6 @@ def test_tensor_counts_are_clipped():
     assert _np(mask).sum() == 0.0
     mask = structures.initial_mask((8, 2), Block((2, 1)), tf.constant(-3), seed=0)
     assert _np(mask).sum() == 16.0
-
-
-@pytest.mark.parametrize("text", ["4", "a,b", "0,1", "4,-1", "4,1,2", "4.5,1", ",", " "])
-def test_parse_block_shape_names_the_flag(text):
-    with pytest.raises(ValueError, match=r"`--block_shape` must be two positive integers 'rows,cols'.*Received: --block_shape="):
-        structures.parse_block_shape(text)
-
-
-@pytest.mark.parametrize("text", ["2", "2,x", "0,4", "5,4", "2,4,8"])
-def test_parse_n_m_names_the_flag(text):
-    with pytest.raises(ValueError, match=r"`--n_m` must be two positive integers 'n,m' with n <= m.*Received: --n_m="):
-        structures.parse_n_m(text)
-
-
-def test_parse_helpers():
-    assert structures.parse_block_shape("4,1") == Block((4, 1))
-    assert structures.parse_block_shape(" 1, 4 ") == Block((1, 4))
-    assert structures.parse_n_m("2,4") == NM(2, 4)
-    assert structures.parse_block_shape(None) is None
-    assert structures.parse_n_m("") is None
-    with pytest.raises(ValueError, match="`--block` must be"):
-        structures.parse_block_shape("x", flag="--block")
 
 
 def test_get_rejects_other_identifiers():
@@ -770,7 +749,7 @@ def test_check_uses_the_weights_matrix_view():
 
 
 def test_docstring_examples():
-    for module in (structures, structured_masks, matrix_views):
+    for module in (structures, structure_arguments, structured_masks, matrix_views):
         results = doctest.testmod(
             module,
             extraglobs={"keras": keras, "np": np, "tf": tf, "rigl_keras": rigl_keras},
@@ -778,6 +757,27 @@ def test_docstring_examples():
         )
         assert results.attempted > 0, module.__name__
         assert results.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("argument", [
+    None, Block((4, 1)), NM(2, 4), {"fc1": NM(2, 4), "mlp/fc2/kernel": None},
+    {"fc1": Block((2, 2))},
+])
+def test_structure_argument_round_trips(argument):
+    structure_arguments.validate_argument(argument)
+    config = structure_arguments.serialize_argument(argument)
+    assert structure_arguments.deserialize_argument(config) == argument
+    # A config of one structure is not read as a dict per weight.
+    assert structures.is_per_weight(config) == isinstance(argument, dict)
+
+
+@pytest.mark.parametrize("argument, match", [
+    ("2,4", r"`structure` must be None.*Received: structure='2,4'"),
+    ({"fc1": "2,4"}, r"Every value of a `structure` dict.*Received: structure\['fc1'\]='2,4'"),
+])
+def test_structure_argument_rejects_other_values(argument, match):
+    with pytest.raises(ValueError, match=match):
+        structure_arguments.validate_argument(argument)
 
 
 def test_exported_as_a_submodule():

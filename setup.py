@@ -65,7 +65,7 @@ setuptools.setup(
         "tflite": ["ai-edge-litert"],
     },
     entry_points={
-        "console_scripts": ["rigl-train=rigl_keras.train:run"],
+        "console_scripts": ["rigl-train=rigl_keras.experiments.train:run"],
     },
     classifiers=[
         "Development Status :: 3 - Alpha",

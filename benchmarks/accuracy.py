@@ -1,7 +1,7 @@
 r"""Accuracy of the sparse training methods on MNIST: a resumable sweep.
 
-Trains, with the command line trainer `python -m rigl_keras.train` (one
-subprocess per run, which isolates memory and TensorFlow state):
+Trains, with the command line trainer `python -m rigl_keras.experiments.train`
+(one subprocess per run, which isolates memory and TensorFlow state):
 
 * LeNet-300-100 at 90%, 95% and 98% sparsity (ERK distribution) with every
   method of the CLI: `dense` (once per seed: it has no sparsity),
@@ -23,7 +23,7 @@ three seeds each (`--seeds 0,1,2`). All runs of a model share the number of
 epochs (`--epochs` for LeNet-300-100, `--lenet5_epochs` for LeNet-5: a
 LeNet-5 epoch costs ~5x a LeNet-300-100 epoch on CPU, so it gets fewer to
 keep the whole sweep near two hours on 2 cores) and the training flags,
-which are the CLI's defaults (`rigl_keras.train.TrainConfig`) passed
+which are the CLI's defaults (`rigl_keras.experiments.train.TrainConfig`) passed
 explicitly to both trainers: batch 128, SGD with momentum 0.9, peak
 learning rate 0.1 with cosine decay to 0, weight decay 1e-4, mask updates
 (or pruning steps) every 100 steps until 75% of training, initial drop
@@ -102,11 +102,11 @@ try:
 except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
     sys.path.append(str(_ROOT / "benchmarks"))
     import _common
-from rigl_keras import data as data_lib
+from rigl_keras.experiments import data as data_lib
 from rigl_keras import distributions
 from rigl_keras import masking
-from rigl_keras import models as models_lib
-from rigl_keras import train as train_lib
+from rigl_keras.experiments import models as models_lib
+from rigl_keras.experiments import train as train_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RESULTS_DIR = _ROOT / "benchmarks" / "results"
@@ -137,7 +137,7 @@ class Structure:
 
     Attributes:
         label: Name in tables and plots.
-        flag: `block_shape` or `n_m` (the `rigl_keras.train` flag).
+        flag: `block_shape` or `n_m` (the `rigl_keras.experiments.train` flag).
         value: Its two integers.
         distribution: The distribution of its runs.
         sparsity: The sparsity the structure fixes (N:M), or None.
@@ -180,7 +180,7 @@ _DEFAULTS = {
     "seeds": (0, 1, 2),
 }
 # Training flags shared by every run, passed explicitly to both trainers:
-# the values of `rigl_keras.train.TrainConfig`'s defaults. A run JSON whose
+# the values of `rigl_keras.experiments.train.TrainConfig`'s defaults. A run JSON whose
 # flags differ from these is not "finished" (it is run again).
 _SHARED_FLAGS = (
     "batch_size", "learning_rate", "momentum", "lr_schedule", "weight_decay",
@@ -383,7 +383,7 @@ def run_command(spec, results_json, data_dir=None, python=None):
         python: Interpreter (default `sys.executable`).
 
     Returns:
-        A list of strings: `python -m rigl_keras.train ...` (with
+        A list of strings: `python -m rigl_keras.experiments.train ...` (with
         `--block_shape` or `--n_m` and the structure's distribution for a
         structured run), or `python benchmarks/accuracy_tfmot.py ...` for
         `tfmot`.
@@ -394,7 +394,7 @@ def run_command(spec, results_json, data_dir=None, python=None):
         argv = [python, str(_TFMOT_SCRIPT), f"--model={spec.model}"]
         names = _SHARED_FLAGS
     else:
-        argv = [python, "-m", "rigl_keras.train", f"--model={spec.model}",
+        argv = [python, "-m", "rigl_keras.experiments.train", f"--model={spec.model}",
                 f"--method={spec.method}", f"--dataset={_DATASET}"]
         names = _SHARED_FLAGS + _CLI_ONLY_FLAGS
     argv += [f"--sparsity={spec.sparsity:g}", f"--epochs={spec.epochs}",
@@ -1062,7 +1062,7 @@ def render_markdown(report):
         + (" (the sweep is resumable: run the same command to finish it)."
            if progress["missing"] else "."),
         "",
-        f"All runs: `python -m rigl_keras.train` defaults, i.e. {setup}. "
+        f"All runs: `python -m rigl_keras.experiments.train` defaults, i.e. {setup}. "
         "Cells: test accuracy in %, mean ± sample std over the number of seeds "
         "in parentheses. FLOPs: theoretical, relative to dense training / "
         "inference of the full model (`rigl_keras.flops`). Dense has no "

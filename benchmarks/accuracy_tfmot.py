@@ -11,11 +11,11 @@ with Keras 2, i.e. `tf_keras`, so this script runs in its own process with
 `TF_USE_LEGACY_KERAS=1` (it sets the variable itself before importing
 TensorFlow; `benchmarks/accuracy.py` runs it as a subprocess). It never
 imports Keras 3 or the `rigl_keras` package: the input pipeline
-(`rigl_keras/data.py`) and, when `--layer_sparsity` is not given, the ERK
-distribution (`rigl_keras/distributions.py`) are loaded from their files,
-which import only TensorFlow and NumPy.
+(`rigl_keras/experiments/data.py`) and, when `--layer_sparsity` is not
+given, the ERK distribution (`rigl_keras/distributions.py`) are loaded from
+their files, which import only TensorFlow and NumPy.
 
-What it trains mirrors `python -m rigl_keras.train --method=prune`:
+What it trains mirrors `python -m rigl_keras.experiments.train --method=prune`:
 
 * the same model (LeNet-300-100 or LeNet-5, same layer names and widths,
   Glorot-uniform kernels, zero biases, `L2(weight_decay / 2)` on kernels);
@@ -39,11 +39,11 @@ the same seed.
 
 After training, `strip_pruning` removes the wrappers and the plain model is
 evaluated on the test split. The results JSON has the keys of the
-`rigl_keras.train` results the benchmark reads (`flags`, `test_accuracy`,
-`test_loss`, `sparsity`, `layer_sparsity`, `train_flops` and
-`inference_flops` (null: not computed for Keras 2 models), `wall_seconds`,
-`train_seconds`, `steps`, `steps_per_epoch`, `end_step`, `history`,
-`versions`), with `flags["method"] == "tfmot_prune"`.
+`rigl_keras.experiments.train` results the benchmark reads (`flags`,
+`test_accuracy`, `test_loss`, `sparsity`, `layer_sparsity`, `train_flops`
+and `inference_flops` (null: not computed for Keras 2 models),
+`wall_seconds`, `train_seconds`, `steps`, `steps_per_epoch`, `end_step`,
+`history`, `versions`), with `flags["method"] == "tfmot_prune"`.
 
 Usage:
 
@@ -67,10 +67,11 @@ METHOD = "tfmot_prune"
 MODELS = ("lenet300_100", "lenet5")
 
 
-def _load_file_module(name):
-    """Loads `rigl_keras/<name>.py` alone (without the package's Keras 3)."""
+def _load_file_module(relative_path):
+    """Loads `rigl_keras/<relative_path>` alone (without the package's Keras 3)."""
+    name = pathlib.PurePosixPath(relative_path).stem
     spec = importlib.util.spec_from_file_location(
-        f"_rigl_keras_{name}_standalone", _LIB / f"{name}.py"
+        f"_rigl_keras_{name}_standalone", _LIB / relative_path
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -117,14 +118,14 @@ def kernel_shapes(model, input_shape=(28, 28, 1), num_classes=10):
 
 def erk_targets(model, sparsity, input_shape=(28, 28, 1), num_classes=10):
     """Per-layer ERK targets, from `rigl_keras/distributions.py`'s file."""
-    distributions = _load_file_module("distributions")
+    distributions = _load_file_module("distributions.py")
     return distributions.distribute_sparsity(
         kernel_shapes(model, input_shape, num_classes), sparsity, method="erk"
     )
 
 
 def parse_args(argv=None):
-    """Parses the command line (defaults: `rigl_keras.train`'s defaults)."""
+    """Parses the command line (defaults: `rigl_keras.experiments.train`'s defaults)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -230,7 +231,7 @@ def run(args):
     import tf_keras
     # pylint: enable=g-import-not-at-top
 
-    data = _load_file_module("data")
+    data = _load_file_module("experiments/data.py")
     targets = (
         json.loads(args.layer_sparsity) if args.layer_sparsity
         else erk_targets(args.model, args.sparsity)

@@ -1,7 +1,7 @@
 r"""The deployment table: size and TFLite latency of models trained sparse.
 
-Trains LeNet-300-100 (`rigl_keras.models.lenet300_100`: flatten, 300, 100,
-10 logits) on MNIST for a short time, four ways (`--variants`):
+Trains LeNet-300-100 (`rigl_keras.experiments.models.lenet300_100`:
+flatten, 300, 100, 10 logits) on MNIST for a short time, four ways (`--variants`):
 
 * `dense`: no mask;
 * `unstructured`: RigL at 90% (`--sparsity`), ERK distribution;
@@ -12,8 +12,8 @@ Trains LeNet-300-100 (`rigl_keras.models.lenet300_100`: flatten, 300, 100,
   of int8 `FULLY_CONNECTED`; 88% of the weights) and `Block((4, 1))` on
   fc2 and fc3, whose 300 and 100 inputs 16 does not divide;
 
-with the training CLI's defaults (`rigl_keras.train.TrainConfig`): batch
-128, SGD with momentum 0.9, learning rate 0.1 with cosine decay to 0,
+with the training CLI's defaults
+(`rigl_keras.experiments.train.TrainConfig`): batch 128, SGD with momentum 0.9, learning rate 0.1 with cosine decay to 0,
 weight decay 1e-4, mask updates every 100 steps until 75% of training,
 initial drop fraction 0.3. Then it exports each model with
 `rigl_keras.export_tflite` in every format of `--formats`:
@@ -89,7 +89,7 @@ try:
 except ImportError:  # Run from a checkout: `python benchmarks/export.py`.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import rigl_keras  # pylint: disable=wrong-import-position
-from rigl_keras import models  # pylint: disable=wrong-import-position
+from rigl_keras.experiments import models  # pylint: disable=wrong-import-position
 from rigl_keras import structures  # pylint: disable=wrong-import-position
 
 try:
@@ -129,7 +129,7 @@ _CALIBRATION_EXAMPLES = 500
 _TARGET_SPEEDUP = 2.0
 _ENV_VARS = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_CPP_MIN_LOG_LEVEL", "TFDS_DATA_DIR")
 
-# The training CLI's defaults (rigl_keras.train.TrainConfig).
+# The training CLI's defaults (rigl_keras.experiments.train.TrainConfig).
 _BATCH_SIZE = 128
 _LEARNING_RATE = 0.1
 _MOMENTUM = 0.9
@@ -184,7 +184,7 @@ def load_data(args):
             .batch(_BATCH_SIZE)
         )
         return train, x_test, y_test, x_train[:_CALIBRATION_EXAMPLES]
-    from rigl_keras import data  # pylint: disable=import-outside-toplevel
+    from rigl_keras.experiments import data  # pylint: disable=import-outside-toplevel
 
     train = data.load_dataset(
         "mnist", "train", _BATCH_SIZE, data_dir=args.data_dir, seed=args.seed, repeat=True
@@ -668,7 +668,7 @@ def main(argv=None):
         "duration_s": round(time.time() - started, 1),
         "machine": facts,
         "config": {
-            "model": "lenet300_100 (rigl_keras.models.lenet300_100)",
+            "model": "lenet300_100 (rigl_keras.experiments.models.lenet300_100)",
             "variants": args.variants,
             "formats": args.formats,
             "sparsity": args.sparsity,

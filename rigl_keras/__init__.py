@@ -64,8 +64,11 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
+_CLI_MODULE = "rigl_keras.experiments.train"
+
+
 def _started_as_the_cli():
-    """Whether this process runs the training CLI (`rigl_keras.train`).
+    """Whether this process runs the training CLI (`_CLI_MODULE`).
 
     The CLI checks its flags before TensorFlow loads, which takes seconds,
     so that a bad flag fails at once; the library is then imported on first
@@ -73,9 +76,9 @@ def _started_as_the_cli():
     """
     argv = list(getattr(sys, "orig_argv", ()))
     for i, arg in enumerate(argv):
-        if arg == "-m" and argv[i + 1:i + 2] == ["rigl_keras.train"]:
+        if arg == "-m" and argv[i + 1:i + 2] == [_CLI_MODULE]:
             return True
-        if arg == "-mrigl_keras.train":
+        if arg == "-m" + _CLI_MODULE:
             return True
     return os.path.basename(sys.argv[0]) == "rigl-train" if sys.argv else False
 

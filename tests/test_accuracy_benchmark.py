@@ -21,8 +21,8 @@ import pytest
 from absl import flags
 
 from rigl_keras import distributions
-from rigl_keras import models
-from rigl_keras import train as train_lib
+from rigl_keras.experiments import models
+from rigl_keras.experiments import train as train_lib
 
 import _helpers  # tests/_helpers.py
 
@@ -158,7 +158,7 @@ def test_train_command_passes_cli_defaults_explicitly():
     defaults = train_lib.TrainConfig()
     spec = accuracy.RunSpec("lenet300_100", "set", 0.95, 2, 20)
     argv = accuracy.run_command(spec, "/tmp/x.json", python="python")
-    assert argv[:3] == ["python", "-m", "rigl_keras.train"]
+    assert argv[:3] == ["python", "-m", "rigl_keras.experiments.train"]
     flags = _flags_of(argv)
     assert flags["method"] == "set" and flags["model"] == "lenet300_100"
     assert (float(flags["sparsity"]), int(flags["seed"]), int(flags["epochs"])) == (0.95, 2, 20)
@@ -610,7 +610,7 @@ def test_tiny_sweep_runs_and_reports(tiny_sweep):
         assert "results_json" not in run and "results_json" not in run["flags"]
         assert set(run["history"]) <= set(accuracy._HISTORY_KEEP)
         command = shlex.split(run["benchmark"]["command"])
-        assert command[:3] == ["python", "-m", "rigl_keras.train"]
+        assert command[:3] == ["python", "-m", "rigl_keras.experiments.train"]
     rigl = by_key[keys[1]]
     assert rigl["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert rigl["train_flops"] < 1.0 and rigl["inference_flops"] == pytest.approx(0.1, abs=1e-3)

@@ -1,12 +1,10 @@
-"""Tests of the command line (`python -m rigl_keras.train`, `rigl-train`).
+"""Tests of the command line (`python -m rigl_keras.experiments.train`, `rigl-train`).
 
 Every test runs the command line in a fresh Python process and reads its
-exit status, stdout and stderr. Some load `rigl_keras/train.py` on its own,
-not through the `rigl_keras` package, to see what the command line itself
-imports and prints: `python -m rigl_keras.train` first imports the package,
-and while `rigl_keras/__init__.py` imports TensorFlow that happens (with
-TensorFlow's start-up logs) before train.py runs. The checks that depend on
-it are expected failures until the package imports TensorFlow lazily.
+exit status, stdout and stderr. Some load `rigl_keras/experiments/train.py`
+on its own, not through the `rigl_keras` package, to see what the command
+line itself imports and prints; the others go through `python -m`, which
+first imports the `rigl_keras` package, and check that it stays lazy there.
 
 The runs that train use the real MNIST from `TFDS_DATA_DIR` (default
 `<repo>/../shared/tfds`), which must be there when `CI` is set.
@@ -24,9 +22,10 @@ from _helpers import REPO_ROOT  # tests/_helpers.py
 from _helpers import python_env
 from _helpers import require_real_mnist
 from _helpers import run_python
-from rigl_keras import train as train_lib
+from rigl_keras.experiments import train as train_lib
 
-TRAIN_PY = REPO_ROOT / "rigl_keras" / "train.py"
+TRAIN_PY = REPO_ROOT / "rigl_keras" / "experiments" / "train.py"
+CLI = "rigl_keras.experiments.train"
 TINY_RUN = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=16", "--verbose=0"]
 
 # Runs train.py loaded on its own (module `rigl_train_cli`) as the
@@ -87,15 +86,30 @@ def _check_help(result):
 
 
 def test_help_exits_0_with_the_description(tmp_path):
-    _check_help(_run(["-m", "rigl_keras.train", "--help"], tmp_path, timeout=300))
+    _check_help(_run(["-m", CLI, "--help"], tmp_path, timeout=300))
 
 
 def test_console_script_help_exits_0_with_the_description(tmp_path):
-    code = "from rigl_keras.train import run; run(['rigl-train', '--help'])"
+    code = f"from {CLI} import run; run(['rigl-train', '--help'])"
     _check_help(_run(["-c", code], tmp_path, timeout=300))
-    assert "rigl-train=rigl_keras.train:run" in (REPO_ROOT / "setup.py").read_text()
+    assert f"rigl-train={CLI}:run" in (REPO_ROOT / "setup.py").read_text()
     installed = importlib.metadata.entry_points(group="console_scripts", name="rigl-train")
-    assert [ep.value for ep in installed] in ([], ["rigl_keras.train:run"])
+    if _installed_from_this_checkout():
+        assert [ep.value for ep in installed] == [f"{CLI}:run"]
+
+
+def _installed_from_this_checkout():
+    """Whether the installed `rigl_keras` metadata is this checkout's.
+
+    An editable install of another checkout of the repository carries that
+    checkout's `setup.py` entry points, not this one's.
+    """
+    try:
+        url = json.loads(importlib.metadata.distribution("rigl_keras")
+                         .read_text("direct_url.json") or "{}").get("url", "")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return url.removeprefix("file://") == str(REPO_ROOT)
 
 
 # ----------------------------------------------------------------------
@@ -131,7 +145,7 @@ def test_bad_flags_exit_2_with_one_line_before_tensorflow(tmp_path, args, messag
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith(f"rigl_keras.train: error: {message}"), lines[0]
+    assert lines[0].startswith(f"{CLI}: error: {message}"), lines[0]
     assert result.stdout == "tensorflow imported: False\n"
 
 
@@ -147,7 +161,7 @@ def test_existing_outputs_exit_2_before_tensorflow(tmp_path, flag):
     result = _standalone([f"--{flag}={value}"], tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines() == [
-        f"rigl_keras.train: error: --{flag}: {shown} exists; pass --overwrite "
+        f"{CLI}: error: --{flag}: {shown} exists; pass --overwrite "
         "to replace it, or choose another path"]
     assert result.stdout == "tensorflow imported: False\n"
     assert target.read_text() == "old"
@@ -156,14 +170,14 @@ def test_existing_outputs_exit_2_before_tensorflow(tmp_path, flag):
 def test_bad_flag_through_python_m_is_one_line_exit_2(tmp_path):
     # `python -m` imports the rigl_keras package first: it must not load
     # TensorFlow then (`-X importtime` lists every module imported).
-    result = _run(["-X", "importtime", "-m", "rigl_keras.train", "--sparsity=1.5"],
+    result = _run(["-X", "importtime", "-m", CLI, "--sparsity=1.5"],
                   tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     imported = [l.rsplit("|", 1)[-1].strip() for l in lines if l.startswith("import time:")]
     assert "rigl_keras" in imported and "tensorflow" not in imported, imported
     assert [l for l in lines if not l.startswith("import time:")] == [
-        "rigl_keras.train: error: --sparsity must be in [0, 1); got 1.5"]
+        f"{CLI}: error: --sparsity must be in [0, 1); got 1.5"]
 
 
 def test_library_import_registers_the_keras_classes(tmp_path):
@@ -180,11 +194,11 @@ def test_library_import_registers_the_keras_classes(tmp_path):
 def test_missing_dataset_is_one_line_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _run(["-m", "rigl_keras.train", f"--data_dir={empty}", *TINY_RUN],
+    result = _run(["-m", CLI, f"--data_dir={empty}", *TINY_RUN],
                   tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = _own_lines(result.stderr)
-    assert line.startswith("rigl_keras.train: error: Cannot find the TFDS dataset 'mnist'")
+    assert line.startswith(f"{CLI}: error: Cannot find the TFDS dataset 'mnist'")
     assert "--data_dir" in line and "TFDS_DATA_DIR" in line and str(empty) in line
     assert os.listdir(tmp_path) == ["empty"]
 
@@ -215,7 +229,7 @@ def test_start_up_is_quiet_without_verbosity(tmp_path):
 
 def test_python_m_trains_and_prints_the_summary(tmp_path):
     data_dir = require_real_mnist()
-    result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", "--epochs=1",
+    result = _run(["-m", CLI, f"--data_dir={data_dir}", "--epochs=1",
                    "--steps_per_epoch=5", "--batch_size=16", "--verbose=2",
                    "--results_json=run/results.json"], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -243,7 +257,7 @@ def test_python_m_trains_and_prints_the_summary(tmp_path):
 def test_short_run_leaves_no_partial_cache_and_writes_nothing(tmp_path):
     data_dir = require_real_mnist()
     # With every TensorFlow log shown (the user chose level 0).
-    result = _run(["-m", "rigl_keras.train", f"--data_dir={data_dir}", *TINY_RUN],
+    result = _run(["-m", CLI, f"--data_dir={data_dir}", *TINY_RUN],
                   tmp_path, _env(TF_CPP_MIN_LOG_LEVEL="0"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "did not fully read the dataset being cached" not in result.stderr, (

@@ -103,7 +103,7 @@ def test_every_stored_report_is_quoted_from_its_file(site):
 
 
 def test_cli_page_lists_every_flag():
-    result = _helpers.run_python(["-m", "rigl_keras.train", "--help"], cwd=ROOT,
+    result = _helpers.run_python(["-m", "rigl_keras.experiments.train", "--help"], cwd=ROOT,
                                  timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     flags = set(re.findall(r"^  --(?:\[no\])?(\w+)", result.stdout, re.M))

@@ -1,4 +1,4 @@
-"""Tests of rigl_keras.models: parameter counts, shapes, small-dense widths."""
+"""Tests of rigl_keras.experiments.models: parameter counts, shapes, widths."""
 
 import math
 
@@ -10,7 +10,7 @@ import rigl_keras
 from _helpers import by_layer  # tests/_helpers.py
 from _helpers import small_conv_net
 from _helpers import small_transformer
-from rigl_keras import models
+from rigl_keras.experiments import models
 
 
 def _trainable_params(model):

@@ -178,7 +178,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     data_dir = _data_dir()
     nb = _read(name)
     nb.cells.insert(_parameters_index(nb) + 1, _injected_cell(nbformat, name))
-    # The kernel inherits this environment.
+    # The kernel inherits this environment; it imports this checkout's
+    # rigl_keras, not another one an editable install may point to.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.delenv("MPLBACKEND", raising=False)

@@ -1,4 +1,4 @@
-"""Tests of the training CLI (rigl_keras.train) and its input pipeline.
+"""Tests of the training CLI (rigl_keras.experiments.train) and its input pipeline.
 
 The tests call `train(TrainConfig(...))` or `main` in-process on TFDS mock
 data (`tfds.testing.mock_data`: random images with the real features); one
@@ -24,9 +24,9 @@ import tensorflow_datasets as tfds
 
 from _helpers import by_layer  # tests/_helpers.py
 from _helpers import require_real_mnist
-from rigl_keras import data
-from rigl_keras import models
-from rigl_keras import train as train_lib
+from rigl_keras.experiments import data
+from rigl_keras.experiments import models
+from rigl_keras.experiments import train as train_lib
 
 SPARSE_METHODS = ("static", "set", "snfs", "rigl", "prune")
 TINY = dict(epochs=1, steps_per_epoch=5, batch_size=16, verbose=0)
@@ -418,7 +418,7 @@ def test_cli_reports_a_setup_value_error_in_one_line(tmp_path, monkeypatch, caps
         _main_in_process(monkeypatch, "--epochs=1", "--steps_per_epoch=1", "--verbose=0")
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "rigl_keras.train: error: `input_shape` is too small. Use bigger images.")
+        "rigl_keras.experiments.train: error: `input_shape` is too small. Use bigger images.")
 
 
 def test_cli_lets_an_error_while_training_propagate(tmp_path, monkeypatch):

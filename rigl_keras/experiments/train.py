@@ -1,24 +1,24 @@
 """Trains one sparse model on a TFDS image dataset from the command line.
 
-`python -m rigl_keras.train` (or the console script `rigl-train`) trains one
-model on one TFDS image classification dataset with one sparse training
-method, evaluates it on the test split and prints an aligned summary. With
-no flags it trains LeNet-300-100 on MNIST at 90% sparsity (ERK distribution)
-with RigL:
+`python -m rigl_keras.experiments.train` (or the console script
+`rigl-train`) trains one model on one TFDS image classification dataset
+with one sparse training method, evaluates it on the test split and prints
+an aligned summary. With no flags it trains LeNet-300-100 on MNIST at 90%
+sparsity (ERK distribution) with RigL:
 
-    python -m rigl_keras.train
-    python -m rigl_keras.train --dataset=cifar10 --model=wrn_22_2 \\
+    python -m rigl_keras.experiments.train
+    python -m rigl_keras.experiments.train --dataset=cifar10 --model=wrn_22_2 \\
         --augment --epochs=200 --weight_decay=5e-4 --lr_schedule=step
-    python -m rigl_keras.train --method=prune --sparsity=0.95 \\
+    python -m rigl_keras.experiments.train --method=prune --sparsity=0.95 \\
         --logdir=/tmp/run1 --export_dir=/tmp/run1/saved_model
 
 Methods (`--method`):
 
 * `dense`: the full model with plain Keras layers, no callback.
 * `small_dense`: a plain model whose widths are scaled (one multiplier found
-  by bisection, see `rigl_keras.models.small_dense_widths`) so that its
-  kernel weights number `(1 - sparsity)` times the full model's, i.e. as
-  many as the sparse model has non-zeros.
+  by bisection, see `rigl_keras.experiments.models.small_dense_widths`)
+  so that its kernel weights number `(1 - sparsity)` times the full
+  model's, i.e. as many as the sparse model has non-zeros.
 * `static`: `RigLCallback(update_freq=None)`, a fixed random sparse mask.
 * `set`, `snfs`, `rigl`: `RigLCallback` with `grow="random"`, `"momentum"`,
   `"gradient"`.
@@ -26,7 +26,7 @@ Methods (`--method`):
 
 Mask updates (and pruning) stop at `end_step = end_fraction * total steps`.
 Weight decay is an L2 kernel regularizer `L2(weight_decay / 2)`, which
-adds `weight_decay * w` to the gradient (see `rigl_keras.models`).
+adds `weight_decay * w` to the gradient (see `rigl_keras.experiments.models`).
 
 The learning rate schedules: `cosine` decays to 0 over training; `step`
 multiplies by 0.2 at 30%, 60% and 80% of training (the Wide ResNet
@@ -67,10 +67,10 @@ TensorBoard draws them on the training curves.
 
 Errors: a bad flag (`--sparsity=1.5`, an unknown `--method`, a
 `--dense_layers` name the model does not have, an output that exists)
-prints one line, `rigl_keras.train: error: ...`, on stderr and exits with
-status 2, before this module imports TensorFlow. A `ValueError` of the
-library while setting up (a dataset that is not there, ...) is reported the
-same way. Errors during training keep their traceback.
+prints one line, `rigl_keras.experiments.train: error: ...`, on stderr
+and exits with status 2, before this module imports TensorFlow. A
+`ValueError` of the library while setting up (a dataset that is not there,
+...) is reported the same way. Errors during training keep their traceback.
 
 Logging: `--verbose` is Keras' progress output (0 silent, 1 progress bar, 2
 one line per epoch). TensorFlow's start-up messages are hidden: unless
@@ -120,7 +120,7 @@ __all__ = [
     "train",
 ]
 
-_PROG = "rigl_keras.train"
+_PROG = "rigl_keras.experiments.train"
 
 
 class UsageError(ValueError):
@@ -195,7 +195,7 @@ _STEP_FACTOR = 0.2
 def _kernel_layer_names(model, wrn_depth, wrn_width):
     """Names of the layers with a kernel of a `MODELS` entry.
 
-    Pure Python (the names `rigl_keras.models` gives), so that
+    Pure Python (the names `rigl_keras.experiments.models` gives), so that
     `dense_layers` is checked before TensorFlow loads; the tests compare
     them with the built models.
     """
@@ -541,7 +541,7 @@ def _arch_kwargs(config, info):
 
 def _build_model(config, info):
     """The model to train, and what was solved for small_dense."""
-    from rigl_keras import models
+    from rigl_keras.experiments import models
 
     architecture = MODELS[config.model].architecture
     kwargs = _arch_kwargs(config, info)
@@ -630,7 +630,7 @@ def _layer_sparsity(model):
 
 def _flops(config, model, info, total_steps):
     from rigl_keras import flops as flops_lib
-    from rigl_keras import models
+    from rigl_keras.experiments import models
 
     method = METHODS[config.method]
     kwargs = {}
@@ -696,7 +696,7 @@ class _Setup:
 
     config: TrainConfig
     start: float  # time.perf_counter() when set-up began.
-    info: object  # rigl_keras.data.DatasetInfo
+    info: object  # rigl_keras.experiments.data.DatasetInfo
     num_train: int
     steps_per_epoch: int
     total_steps: int
@@ -714,7 +714,7 @@ def _prepare(config):
     before training starts.
     """
     import keras
-    from rigl_keras import data
+    from rigl_keras.experiments import data
 
     start = time.perf_counter()
     _check_before_training(config)
@@ -810,7 +810,7 @@ def _results(setup, history, test_loss, test_accuracy):
     """The results dict (without times and exports) of a finished run."""
     import keras
     import tensorflow as tf
-    from rigl_keras import models
+    from rigl_keras.experiments import models
 
     config, model, info = setup.config, setup.model, setup.info
     layer_sparsity, sparsity = _layer_sparsity(model)
@@ -898,9 +898,9 @@ def train(config):
         names one (see the module docstring for its keys and location).
 
     Raises:
-        rigl_keras.data.DatasetUnavailableError: If the dataset is not in
+        rigl_keras.experiments.data.DatasetUnavailableError: If the dataset is not in
             the data folder (and not downloaded).
-        rigl_keras.data.DatasetError: For an unknown dataset or split.
+        rigl_keras.experiments.data.DatasetError: For an unknown dataset or split.
         UsageError: For a configuration that cannot run here (`logdir`
             without TensorBoard installed, an output that exists and
             `overwrite=False`, ...).
@@ -1169,13 +1169,13 @@ def _help_text(flag_values):
     return "\n".join([
         description,
         "",
-        "usage: rigl-train [flags]  (or: python -m rigl_keras.train [flags])",
+        "usage: rigl-train [flags]  (or: python -m rigl_keras.experiments.train [flags])",
         "",
         "flags:",
         *flag_lines,
         "",
         "absl's --verbosity (-v 0) shows TensorFlow's start-up logs.",
-        "Outputs, results JSON, TensorBoard: python -m pydoc rigl_keras.train",
+        "Outputs, results JSON, TensorBoard: python -m pydoc rigl_keras.experiments.train",
     ])
 
 
@@ -1228,7 +1228,7 @@ def main(argv, flag_values=flags.FLAGS):
 
 
 def run(argv=None):
-    """Console script `rigl-train` and `python -m rigl_keras.train`.
+    """Console script `rigl-train` and `python -m rigl_keras.experiments.train`.
 
     Args:
         argv: The command line, program name first; `None` for `sys.argv`.

@@ -9,9 +9,8 @@ neither TensorFlow nor `rigl_keras` (the model builders import Keras when
 called), so scripts that keep TensorFlow out of their driver process can use
 it.
 
-The scripts import it as `_common`: `python benchmarks/<name>.py` puts this
-folder on `sys.path`; a script loaded by path (as the tests do) appends the
-folder itself before the import.
+The scripts import it as `from benchmarks import _common` and run as
+`python -m benchmarks.<name>` from the repository root.
 """
 
 import argparse
@@ -151,23 +150,22 @@ def utc_timestamp():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def command_line(script, argv):
-    """The shell command that reruns a benchmark.
+def command_line(module, argv):
+    """The shell command that reruns a benchmark (from the repository root).
 
     Args:
-        script: The script's path from the repository root, e.g.
-            `"benchmarks/overhead.py"`.
+        module: The script's module, e.g. `"benchmarks.overhead"`.
         argv: The arguments, without the program name.
 
     Returns:
-        `python <script> <args>`, each argument quoted for a POSIX shell.
+        `python -m <module> <args>`, each argument quoted for a POSIX shell.
 
     Example:
 
-    >>> command_line("benchmarks/scaling.py", ["--sizes", "1000,4000", "--output", ""])
-    "python benchmarks/scaling.py --sizes 1000,4000 --output ''"
+    >>> command_line("benchmarks.scaling", ["--sizes", "1000,4000", "--output", ""])
+    "python -m benchmarks.scaling --sizes 1000,4000 --output ''"
     """
-    return shlex.join(["python", script, *argv])
+    return shlex.join(["python", "-m", module, *argv])
 
 
 def file_digest(path):

@@ -8,7 +8,7 @@ Trains, with the command line trainer `python -m rigl_keras.experiments.train`
   `small_dense`, `static`, `set`, `snfs`, `rigl` and `prune`, plus the peer
   baseline `tfmot`: TensorFlow Model Optimization's `prune_low_magnitude`
   with the same per-layer ERK targets and schedule, run by
-  `benchmarks/accuracy_tfmot.py` in its own process with
+  `python -m benchmarks.accuracy_tfmot` in its own process with
   `TF_USE_LEGACY_KERAS=1` (it needs `pip install tf_keras
   tensorflow-model-optimization`; without them those runs fail and are
   retried on the next invocation, the others go on);
@@ -64,10 +64,10 @@ or `pending` (a needed run is missing).
 Usage:
 
     export TFDS_DATA_DIR=/path/to/tfds   # holds mnist/
-    python benchmarks/accuracy.py                       # the whole sweep
-    python benchmarks/accuracy.py --only_aggregate      # tables and plot only
-    python benchmarks/accuracy.py --dry_run             # the plan and its status
-    python benchmarks/accuracy.py --models lenet300_100 --methods rigl,set \
+    python -m benchmarks.accuracy                       # the whole sweep
+    python -m benchmarks.accuracy --only_aggregate      # tables and plot only
+    python -m benchmarks.accuracy --dry_run             # the plan and its status
+    python -m benchmarks.accuracy --models lenet300_100 --methods rigl,set \
         --sparsities 0.98 --seeds 0
 
 Time (2 CPU cores): a LeNet-300-100 run of 20 epochs takes ~1 min on a
@@ -92,26 +92,19 @@ import sys
 import tempfile
 import time
 
-_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:  # Run from a checkout: `python benchmarks/accuracy.py`.
-    sys.path.insert(0, str(_ROOT))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-try:
-    import _common
-except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
-    sys.path.append(str(_ROOT / "benchmarks"))
-    import _common
-from rigl_keras.experiments import data as data_lib
+from benchmarks import _common
 from rigl_keras import distributions
 from rigl_keras import masking
+from rigl_keras.experiments import data as data_lib
 from rigl_keras.experiments import models as models_lib
 from rigl_keras.experiments import train as train_lib
-# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 _RESULTS_DIR = _ROOT / "benchmarks" / "results"
 _DEFAULT_RUNS_DIR = _RESULTS_DIR / "accuracy_runs"
 _TFMOT_SCRIPT = _ROOT / "benchmarks" / "accuracy_tfmot.py"
+_TFMOT_MODULE = "benchmarks.accuracy_tfmot"
 
 MODELS = ("lenet300_100", "lenet5")
 # Table and plot order.
@@ -385,13 +378,13 @@ def run_command(spec, results_json, data_dir=None, python=None):
     Returns:
         A list of strings: `python -m rigl_keras.experiments.train ...` (with
         `--block_shape` or `--n_m` and the structure's distribution for a
-        structured run), or `python benchmarks/accuracy_tfmot.py ...` for
+        structured run), or `python -m benchmarks.accuracy_tfmot ...` for
         `tfmot`.
     """
     python = python or sys.executable
     shared = shared_flags()
     if spec.method == "tfmot":
-        argv = [python, str(_TFMOT_SCRIPT), f"--model={spec.model}"]
+        argv = [python, "-m", _TFMOT_MODULE, f"--model={spec.model}"]
         names = _SHARED_FLAGS
     else:
         argv = [python, "-m", "rigl_keras.experiments.train", f"--model={spec.model}",
@@ -975,8 +968,9 @@ def write_plot(groups, path):
 
 
 def _code_digests():
+    # The runs depend on the library and on rigl_keras.experiments (the CLI).
     root = _ROOT / "rigl_keras"
-    files = sorted(root.glob("*.py")) + [_TFMOT_SCRIPT, pathlib.Path(__file__).resolve()]
+    files = sorted(root.rglob("*.py")) + [_TFMOT_SCRIPT, pathlib.Path(__file__).resolve()]
     return _common.file_digests(files, _ROOT)
 
 
@@ -997,7 +991,7 @@ def build_report(config, plan, failures=()):
     targets = evaluate_targets(groups, main_setting)
     done = [s.key for s in plan if finished(config.runs_dir, s)]
     missing = [s.key for s in plan if s.key not in set(done)]
-    command = _common.command_line("benchmarks/accuracy.py", config.argv)
+    command = _common.command_line("benchmarks.accuracy", config.argv)
     report = {
         "benchmark": "accuracy",
         "command": command,

@@ -47,7 +47,7 @@ and `inference_flops` (null: not computed for Keras 2 models),
 
 Usage:
 
-    python benchmarks/accuracy_tfmot.py --sparsity 0.95 --epochs 20 \
+    python -m benchmarks.accuracy_tfmot --sparsity 0.95 --epochs 20 \
         --results_json /tmp/tfmot.json
 """
 

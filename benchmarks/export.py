@@ -55,8 +55,8 @@ random linear map (`--data synthetic`).
 
 Usage:
 
-    TFDS_DATA_DIR=/path/to/tfds python benchmarks/export.py
-    python benchmarks/export.py --data synthetic --steps 30 --rounds 2 \
+    TFDS_DATA_DIR=/path/to/tfds python -m benchmarks.export
+    python -m benchmarks.export --data synthetic --steps 30 --rounds 2 \
         --runs 10 --output /tmp/export.json
 
 The JSON written to `--output` (default `benchmarks/results/export.json`)
@@ -84,19 +84,10 @@ import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
-try:
-    import rigl_keras  # pylint: disable=wrong-import-position
-except ImportError:  # Run from a checkout: `python benchmarks/export.py`.
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import rigl_keras  # pylint: disable=wrong-import-position
-from rigl_keras.experiments import models  # pylint: disable=wrong-import-position
+from benchmarks import _common  # pylint: disable=wrong-import-position
+import rigl_keras  # pylint: disable=wrong-import-position
 from rigl_keras import structures  # pylint: disable=wrong-import-position
-
-try:
-    import _common  # pylint: disable=wrong-import-position
-except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
-    import _common  # pylint: disable=wrong-import-position
+from rigl_keras.experiments import models  # pylint: disable=wrong-import-position
 
 try:
     from ai_edge_litert import interpreter as litert  # pylint: disable=wrong-import-position
@@ -661,7 +652,7 @@ def main(argv=None):
     facts["load_average_at_end"] = _common.load_average()
     table = markdown_table(model_rows, files)
     checks = check_targets(files)
-    command = _common.command_line("benchmarks/export.py", sys.argv[1:] if argv is None else argv)
+    command = _common.command_line("benchmarks.export", sys.argv[1:] if argv is None else argv)
     result = {
         "command": command,
         "date": _common.utc_timestamp(),

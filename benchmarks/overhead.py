@@ -100,18 +100,18 @@ the aim is <= 5 B.
 
 Usage:
 
-    python benchmarks/overhead.py --repeats 7
-    python benchmarks/overhead.py --models lenet300_100,mobilenetv2,transformer \
+    python -m benchmarks.overhead --repeats 7
+    python -m benchmarks.overhead --models lenet300_100,mobilenetv2,transformer \
         --variants plain,static,rigl,sparsify_static,sparsify_rigl \
         --memory_variants plain,sparsify_static,sparsify_rigl,sparsify_snfs \
         --repeats 7 --warmup_steps 200 \
         --output benchmarks/results/overhead_sparsify.json
-    python benchmarks/overhead.py --models cnn --steps 200 --epochs 2 \
+    python -m benchmarks.overhead --models cnn --steps 200 --epochs 2 \
         --variants plain,plain_sync,static,rigl --output /tmp/overhead.json
-    python benchmarks/overhead.py --models lenet300_100 \
+    python -m benchmarks.overhead --models lenet300_100 \
         --variants plain,static,rezero --output /tmp/rezero.json
-    python benchmarks/overhead.py --jit_compile true --output /tmp/xla.json
-    python benchmarks/overhead.py --compare benchmarks/results/overhead_rezero.json
+    python -m benchmarks.overhead --jit_compile true --output /tmp/xla.json
+    python -m benchmarks.overhead --compare benchmarks/results/overhead_rezero.json
 
 The JSON written to `--output` (default `benchmarks/results/overhead.json`)
 holds the command, the date, machine facts (with load averages, as the
@@ -134,18 +134,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-try:
-    import rigl_keras
-except ImportError:  # Run from a checkout: `python benchmarks/overhead.py`.
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import rigl_keras
+from benchmarks import _common
+import rigl_keras
 from rigl_keras.masking import random_mask
-
-try:
-    import _common
-except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
-    import _common
 
 _MODELS = ("lenet300_100", "cnn", "mobilenetv2", "transformer")
 # Built here from layers: they have masked-layer and `rezero` variants.
@@ -1348,7 +1339,7 @@ def run(config):
     return {
         "benchmark": "overhead",
         "note": config.note,
-        "command": _common.command_line("benchmarks/overhead.py", config.argv),
+        "command": _common.command_line("benchmarks.overhead", config.argv),
         "date": _common.utc_timestamp(),
         "duration_seconds": round(duration, 1),
         "config": {

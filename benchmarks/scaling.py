@@ -54,8 +54,8 @@ records load averages before and after.
 
 Usage:
 
-    python benchmarks/scaling.py
-    python benchmarks/scaling.py --sizes 100000,1000000 --repeats 3 \
+    python -m benchmarks.scaling
+    python -m benchmarks.scaling --sizes 100000,1000000 --repeats 3 \
         --devices 1,2 --output /tmp/scaling.json
 
 The JSON written to `--output` (default `benchmarks/results/scaling.json`)
@@ -64,7 +64,6 @@ a markdown table (also printed).
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -75,12 +74,9 @@ import subprocess
 import sys
 import time
 
+from benchmarks import _common
+
 _HERE = pathlib.Path(__file__).resolve().parent
-try:
-    import _common
-except ImportError:  # Loaded by path (as the tests do): benchmarks/ is not on sys.path.
-    sys.path.append(str(_HERE))
-    import _common
 
 _DEFAULT_OUTPUT = _HERE / "results" / "scaling.json"
 _DEFAULT_SIZES = (10**5, 10**6, 10**7, 10**8)
@@ -487,11 +483,14 @@ def mirrored_worker(devices, steps_per_epoch, epochs, repeats, update_freq, seed
 
 
 def _run_worker(args, timeout):
-    """Runs this script with `args` in a fresh process; returns its RESULT."""
+    """Runs this module with `args` in a fresh process; returns its RESULT."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The worker imports this checkout's `benchmarks` and `rigl_keras`.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(_HERE.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run(
-        [sys.executable, str(pathlib.Path(__file__).resolve())] + args,
+        [sys.executable, "-m", "benchmarks.scaling"] + args,
         capture_output=True, text=True, timeout=timeout, env=env, check=False,
     )
     for line in proc.stdout.splitlines():
@@ -503,11 +502,10 @@ def _run_worker(args, timeout):
 
 
 def _machine_facts():
-    """`machine_facts()` of benchmarks/overhead.py (loaded by path)."""
-    spec = importlib.util.spec_from_file_location("_overhead", _HERE / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.machine_facts()
+    """`machine_facts()` of `benchmarks.overhead`."""
+    # Imported here: overhead imports TensorFlow, which the driver avoids.
+    from benchmarks import overhead  # pylint: disable=import-outside-toplevel
+    return overhead.machine_facts()
 
 
 def markdown_table(update_rows, slopes, mirrored_rows):
@@ -692,7 +690,7 @@ def run(config):
               file=sys.stderr, flush=True)
     return {
         "benchmark": "scaling",
-        "command": _common.command_line("benchmarks/scaling.py", config.argv),
+        "command": _common.command_line("benchmarks.scaling", config.argv),
         "date": _common.utc_timestamp(),
         "duration_seconds": round(time.perf_counter() - started, 1),
         "config": {

@@ -1,4 +1,4 @@
-"""Tests for `benchmarks/accuracy.py` and `benchmarks/accuracy_tfmot.py`.
+"""Tests for `benchmarks.accuracy` and `benchmarks.accuracy_tfmot`.
 
 The plan, the commands, the aggregation, the targets and the reports are
 checked on hand-made run JSONs (no training), structured runs (RigL with
@@ -24,19 +24,9 @@ from rigl_keras import distributions
 from rigl_keras.experiments import models
 from rigl_keras.experiments import train as train_lib
 
+from benchmarks import accuracy
+from benchmarks import accuracy_tfmot
 import _helpers  # tests/_helpers.py
-
-_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load(name):
-    return _helpers.load_module(
-        f"{name}_benchmark", _ROOT / "benchmarks" / f"{name}.py"
-    )
-
-
-accuracy = _load("accuracy")
-accuracy_tfmot = _load("accuracy_tfmot")
 
 _HAS_TFMOT = all(
     importlib.util.find_spec(name) is not None
@@ -180,7 +170,7 @@ def test_train_command_passes_cli_defaults_explicitly():
 def test_tfmot_command_matches_train_command():
     spec = accuracy.RunSpec("lenet300_100", "tfmot", 0.98, 1, 20)
     argv = accuracy.run_command(spec, "/tmp/t.json", python="python")
-    assert argv[1] == str(_ROOT / "benchmarks" / "accuracy_tfmot.py")
+    assert argv[1:3] == ["-m", "benchmarks.accuracy_tfmot"]
     flags = _flags_of(argv)
     cli = _flags_of(accuracy.run_command(
         accuracy.RunSpec("lenet300_100", "prune", 0.98, 1, 20), "/tmp/t.json"))
@@ -193,10 +183,20 @@ def test_tfmot_command_matches_train_command():
         distributions.distribute_sparsity(models.kernel_shapes(plain), 0.98, "erk"))
     assert json.loads(flags["layer_sparsity"]) == pytest.approx(expected)
     # The script parses every flag it is given, with the same values.
-    parsed = accuracy_tfmot.parse_args(argv[2:])
+    parsed = accuracy_tfmot.parse_args(argv[3:])
     shared = accuracy.shared_flags()
     for name in accuracy._SHARED_FLAGS:
         assert getattr(parsed, name) == shared[name], name
+
+
+def test_the_benchmarks_package_imports_no_tensorflow_or_keras():
+    # `python -m benchmarks.accuracy_tfmot` imports the package before the
+    # script sets TF_USE_LEGACY_KERAS=1.
+    code = ("import sys, benchmarks; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'rigl_keras')))")
+    result = _helpers.run_python(["-c", code], cwd=str(_helpers.REPO_ROOT), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_tfmot_script_defaults_equal_cli_defaults():
@@ -601,6 +601,16 @@ def test_tiny_sweep_runs_and_reports(tiny_sweep):
     written = json.loads((root / "out" / "accuracy.json").read_text(encoding="utf-8"))
     assert written["progress"] == {"planned": 4, "finished": 4, "missing": [],
                                    "failed_this_invocation": [], "runs_in_dir": 4}
+    command = shlex.split(written["command"])
+    assert command[:3] == ["python", "-m", "benchmarks.accuracy"]
+    parsed = accuracy.parse_args(command[3:])
+    for name in ("models", "methods", "sparsities", "epochs", "seeds", "steps_per_epoch"):
+        value = getattr(parsed, name)
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        assert written["config"][name] == value, name
+    # The runs depend on the CLI too: its files are in the digests.
+    assert {"rigl_keras/layers.py", "rigl_keras/experiments/train.py",
+            "benchmarks/accuracy_tfmot.py"} <= set(written["code"])
     by_key = {r["key"]: r for r in written["runs"]}
     for key in keys:
         run = json.loads((root / "runs" / f"{key}.json").read_text(encoding="utf-8"))

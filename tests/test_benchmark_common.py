@@ -1,4 +1,4 @@
-"""Tests for `benchmarks/_common.py`, the helpers the benchmark scripts share."""
+"""Tests for `benchmarks._common`, the helpers the benchmark scripts share."""
 
 import argparse
 import datetime
@@ -6,21 +6,11 @@ import doctest
 import hashlib
 import json
 import os
-import pathlib
 import platform
-import sys
 
 import pytest
 
-# Imported as the benchmark scripts import it when the tests load them by path.
-_BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-if str(_BENCHMARKS) not in sys.path:
-    sys.path.append(str(_BENCHMARKS))
-import _common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def test_imports_the_benchmarks_module():
-    assert pathlib.Path(common.__file__).resolve() == _BENCHMARKS / "_common.py"
+from benchmarks import _common as common
 
 
 # ---------------------------------------------------------------------------
@@ -116,10 +106,10 @@ def test_utc_timestamp():
 
 
 def test_command_line_quotes_arguments():
-    assert common.command_line("benchmarks/overhead.py", []) == "python benchmarks/overhead.py"
+    assert common.command_line("benchmarks.overhead", []) == "python -m benchmarks.overhead"
     assert common.command_line(
-        "benchmarks/export.py", ["--models", "lenet300_100", "--output", "/tmp/a b.json"]
-    ) == "python benchmarks/export.py --models lenet300_100 --output '/tmp/a b.json'"
+        "benchmarks.export", ["--models", "lenet300_100", "--output", "/tmp/a b.json"]
+    ) == "python -m benchmarks.export --models lenet300_100 --output '/tmp/a b.json'"
 
 
 def test_file_digest_follows_the_content(tmp_path):

@@ -21,7 +21,6 @@ import tensorflow as tf
 
 import rigl_keras
 from _helpers import keep_first  # tests/_helpers.py
-from _helpers import load_module
 from _helpers import small_transformer
 from rigl_keras import masking
 from rigl_keras.masking import random_mask
@@ -1021,12 +1020,12 @@ def test_sparsity_report_unbuilt_model_error():
 
 
 # --------------------------------------------------------------------------
-# benchmarks/export.py, end to end with a tiny configuration.
+# benchmarks.export, end to end with a tiny configuration.
 
 
 def _export_benchmark():
-    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "export.py")
-    return load_module("export_benchmark", script)
+    from benchmarks import export  # pylint: disable=import-outside-toplevel
+    return export
 
 
 def test_export_benchmark_tiny_run(tmp_path):
@@ -1040,7 +1039,7 @@ def test_export_benchmark_tiny_run(tmp_path):
         "--rounds", "2", "--runs", "5", "--output", str(output),
     ])
     assert json.loads(output.read_text()) == json.loads(json.dumps(result))
-    assert result["command"].startswith("python benchmarks/export.py --data synthetic")
+    assert result["command"].startswith("python -m benchmarks.export --data synthetic")
     markdown = (tmp_path / "export.md").read_text()
     assert result["command"] in markdown and result["table"] in markdown
     dense, block = result["models"]

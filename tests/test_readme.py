@@ -13,6 +13,7 @@
 import json
 import pathlib
 import re
+import shlex
 
 import pytest
 
@@ -104,6 +105,35 @@ def test_set_up_commands_are_the_ones_ci_runs():
         assert any(line.strip().startswith(command) for line in ci), command
 
 
+def _benchmark_run(command):
+    """`(module, arguments)` of a benchmark command, either form.
+
+    The stored reports record `python benchmarks/NAME.py ...`, newer ones
+    `python -m benchmarks.NAME ...`: the same script with the same flags.
+    """
+    argv = shlex.split(command)
+    assert argv[0] == "python", command
+    if argv[1] == "-m":
+        return argv[2], argv[3:]
+    assert argv[1].startswith("benchmarks/") and argv[1].endswith(".py"), command
+    return argv[1][:-len(".py")].replace("/", "."), argv[2:]
+
+
+def _quotes_the_stored_command(section, report):
+    """Whether `section` quotes `Made by `CMD`` with the report's run."""
+    quoted = re.findall(r"Made by `([^`]+)`", section)
+    return any(_benchmark_run(q) == _benchmark_run(report["command"]) for q in quoted)
+
+
+def test_benchmark_run_reads_both_command_forms():
+    assert _benchmark_run("python benchmarks/export.py --steps 3") == (
+        "benchmarks.export", ["--steps", "3"])
+    assert _benchmark_run("python -m benchmarks.export --steps 3") == (
+        "benchmarks.export", ["--steps", "3"])
+    assert _benchmark_run("python -m benchmarks.export") != _benchmark_run(
+        "python benchmarks/export.py --steps 3")
+
+
 def _table_rows(text):
     return [line for line in text.splitlines() if line.startswith("| ")]
 
@@ -120,7 +150,7 @@ def test_results_table_is_the_stored_headline_table():
                          "(rerun the benchmark rather than edit numbers)", missing)
     report = json.loads(
         (ROOT / "benchmarks" / "results" / "accuracy.json").read_text(encoding="utf-8"))
-    assert f"`{report['command']}`" in results, report["command"]
+    assert _quotes_the_stored_command(results, report), report["command"]
     assert "(benchmarks/results/accuracy.png)" in results
 
 
@@ -135,7 +165,7 @@ def test_deployment_table_is_rows_of_the_stored_export_report():
     assert any(row.startswith("| block4x1 90% | float32 |") for row in rows), rows
     report = json.loads(
         (ROOT / "benchmarks" / "results" / "export.json").read_text(encoding="utf-8"))
-    assert f"`{report['command']}`" in section, report["command"]
+    assert _quotes_the_stored_command(section, report), report["command"]
 
 
 def test_readme_quotes_no_other_stored_table():

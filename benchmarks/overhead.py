@@ -627,8 +627,8 @@ def extra_variables(model, callbacks, new_variables, plain_paths):
 
     Args:
         model: The trained model of the variant.
-        callbacks: Its callbacks (a `RigLCallback`'s `recorders` name its
-            dense-gradient variables).
+        callbacks: Its callbacks (a `RigLCallback`'s `dense_gradients` are
+            its dense-gradient variables).
         new_variables: The `tf.Variable`s created since before the model
             was built (`VariableCensus.new_variables`).
         plain_paths: The paths, below the model, of the plain model's
@@ -637,8 +637,8 @@ def extra_variables(model, callbacks, new_variables, plain_paths):
     Returns:
         One dict per extra variable, in `new_variables` order: `name` (the
         `tf.Variable`'s), `kind` (`"mask"` for a mask of
-        `rigl_keras.masked_weights`, `"dense_gradient"` for a recorder's
-        gradient, else the variable's name without `:0`), `shape`, `dtype`
+        `rigl_keras.masked_weights`, `"dense_gradient"` for one of
+        `dense_gradients`, else the variable's name without `:0`), `shape`, `dtype`
         and `bytes`. Left out: the optimizer's variables, the metrics'
         variables and the model weights whose path the plain model has.
     """
@@ -650,9 +650,9 @@ def extra_variables(model, callbacks, new_variables, plain_paths):
     }
     masks = {id(_tf_variable(w.mask)) for w in rigl_keras.masked_weights(model)}
     recorded = {
-        id(_tf_variable(r.gradient))
+        id(_tf_variable(g))
         for c in callbacks
-        for r in getattr(c, "recorders", {}).values()
+        for g in getattr(c, "dense_gradients", {}).values()
     }
     rows = []
     for v in new_variables:

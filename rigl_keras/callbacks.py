@@ -201,7 +201,7 @@ class RigLCallback(MaskCallback):
     grow_init = _engine_attribute("grow_init")
     seed = _engine_attribute("seed")
     updater = _engine_attribute("updater")
-    recorders = _engine_attribute("recorders")
+    dense_gradients = _engine_attribute("dense_gradients")
 
     def detach(self):
         """Removes the gradient hook and the recorders (frees their memory).

@@ -109,13 +109,19 @@ class RigLEngine(engine_lib.MaskEngine):
         self._warned_no_update = False
 
     @property
-    def recorders(self):
-        """`{weight key: rigl_keras.gradients.DenseGradientRecorder}`.
+    def dense_gradients(self):
+        """`{weight key: float32 variable}`: what the next update grows by.
 
-        The dense gradients the next update will grow by (empty for rules
-        that do not use the gradient, and before training starts).
+        For RigL, the dense gradient `dL/d(W * M)` of the update step (zero
+        until that step is taken, and again after the update); for SNFS its
+        moving average over steps. Under a distribution strategy each is an
+        `ON_READ` variable whose value, read in cross-replica context, is
+        the global-batch gradient. Empty for rules that do not use the
+        gradient, and before training starts.
         """
-        return dict(self._recording.recorders)
+        return {
+            key: recorder.gradient for key, recorder in self._recording.recorders.items()
+        }
 
     # ------------------------------------------------------------------
     # The step API (the rest is in MaskEngine).

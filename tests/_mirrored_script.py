@@ -39,8 +39,8 @@ class _GradientSpy(_helpers.SpiedRigL):
     def before_update(self, step):
         if not hasattr(self, "first_gradients"):
             self.first_gradients = {
-                key.split("/")[-2]: recorder.gradient.read_value().numpy()
-                for key, recorder in self.recorders.items()
+                key.split("/")[-2]: gradient.read_value().numpy()
+                for key, gradient in self.dense_gradients.items()
             }
 
 

@@ -409,7 +409,7 @@ def test_extra_variables_of_a_small_sparsified_model(grow):
     assert sum(m.size for m in masks) == 32
     assert by_kind["mask"]["bytes"] == sum(m.nbytes for m in masks)
     (callback,) = callbacks
-    gradients = [r.gradient.numpy() for r in callback.recorders.values()]
+    gradients = [g.numpy() for g in callback.dense_gradients.values()]
     assert by_kind["dense_gradient"]["bytes"] == sum(g.nbytes for g in gradients) == 32 * 4
     measured = overhead.summarize_memory(rows, 32)
     assert measured["extra_bytes"] == sum(r["bytes"] for r in rows)

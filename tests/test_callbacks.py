@@ -554,11 +554,11 @@ class _PoisonedRigL(SpiedRigL):
         self.before, self.after = {}, {}
 
     def before_update(self, step):
-        (key,) = [k for k in self.recorders if k.endswith("/fc1/kernel")]
-        recorder = self.recorders[key]
-        gradient = _numpy(recorder.gradient).copy()
+        (key,) = [k for k in self.dense_gradients if k.endswith("/fc1/kernel")]
+        variable = self.dense_gradients[key]
+        gradient = _numpy(variable).copy()
         gradient[3, 5] = np.nan if not self.before else np.inf
-        recorder.gradient.assign(gradient)
+        variable.assign(gradient)
         self.before[step] = (_masks(self.model), _kernels(self.model))
 
     def after_update(self, step):

@@ -325,8 +325,8 @@ def test_shared_layer_has_one_mask_and_records_the_sum_of_both_sites():
 
     class Spy(SpiedRigL):
         def before_update(self, step):
-            (recorder,) = self.recorders.values()
-            self.recorded[step] = _numpy(recorder.gradient)
+            (gradient,) = self.dense_gradients.values()
+            self.recorded[step] = _numpy(gradient)
 
     rigl = Spy(distribution={"shared": 0.6}, update_freq=4, end_step=12,
                drop_fraction_schedule="constant", seed=0)
@@ -383,8 +383,8 @@ def test_snfs_moving_average_of_a_shared_layer_moves_once_per_step():
 
     class Spy(SpiedRigL):
         def before_update(self, step):
-            (recorder,) = self.recorders.values()
-            self.recorded[step] = _numpy(recorder.gradient)
+            (gradient,) = self.dense_gradients.values()
+            self.recorded[step] = _numpy(gradient)
 
     rigl = Spy(distribution={"shared": 0.6}, update_freq=4, end_step=12,
                drop_fraction_schedule="constant", grow="momentum", seed=0)

@@ -117,8 +117,8 @@ class _RecordingRigL(_helpers.SpiedRigL):
 
     def before_update(self, step):
         self.recorded[step] = {
-            key.split("/")[-2]: (r.gradient.dtype, _numpy(r.gradient))
-            for key, r in self.recorders.items()
+            key.split("/")[-2]: (g.dtype, _numpy(g))
+            for key, g in self.dense_gradients.items()
         }
 
 

@@ -270,7 +270,7 @@ def test_gradient_accumulation_records_the_accumulated_gradient():
     class Spy(_helpers.SpiedRigL):
         def before_update(self, step):
             raw = int(_numpy(self.model.optimizer._iterations))  # pylint: disable=protected-access
-            gradients = {k.split("/")[-2]: _numpy(r.gradient) for k, r in self.recorders.items()}
+            gradients = {k.split("/")[-2]: _numpy(g) for k, g in self.dense_gradients.items()}
             self.seen.append((step, raw, gradients))
 
     class Weights(keras.callbacks.Callback):
@@ -313,7 +313,7 @@ def test_snfs_moving_average_moves_once_per_optimizer_step_with_accumulation():
 
     class Spy(_helpers.SpiedRigL):
         def before_update(self, step):
-            gradients = {k.split("/")[-2]: _numpy(r.gradient) for k, r in self.recorders.items()}
+            gradients = {k.split("/")[-2]: _numpy(g) for k, g in self.dense_gradients.items()}
             self.seen.append((step, gradients))
 
     class Weights(keras.callbacks.Callback):

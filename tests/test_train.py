@@ -8,12 +8,15 @@ variable is set. tests/test_cli.py runs the command line in subprocesses.
 """
 
 import dataclasses
+import doctest
 import glob
 import importlib.util
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 from absl import flags
 import keras
@@ -24,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from _helpers import by_layer  # tests/_helpers.py
 from _helpers import require_real_mnist
+from rigl_keras.experiments import config as config_lib
 from rigl_keras.experiments import data
 from rigl_keras.experiments import models
 from rigl_keras.experiments import train as train_lib
@@ -377,7 +381,7 @@ def test_layer_names_known_before_building_are_the_built_ones(model, kwargs):
     architecture = train_lib.MODELS[model].architecture
     built = models.build(architecture, input_shape=(32, 32, 3), num_classes=10, **kwargs)
     expected = list(by_layer(models.kernel_shapes(built)))
-    names = train_lib._kernel_layer_names(
+    names = config_lib.kernel_layer_names(
         model, kwargs.get("depth", 22), kwargs.get("width", 2))
     assert sorted(names) == sorted(expected)
 
@@ -512,3 +516,20 @@ def test_block_that_does_not_fit_the_model_is_a_usage_error(tmp_path):
         _run_mock(tmp_path, model="lenet5", block_shape=(4, 1))
     assert error.value.flag_message.startswith("--block_shape: Block(shape=(4, 1)) does not fit")
     assert "conv1/kernel" in error.value.flag_message
+
+
+def test_config_docstring_examples_and_no_tensorflow():
+    results = doctest.testmod(config_lib)
+    assert results.attempted > 0 and results.failed == 0
+    # The configuration is checked before TensorFlow loads: the module (with
+    # the package's __init__, which imports the library, left out) imports
+    # nothing that imports it.
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "rigl_keras")
+    code = ("import sys, types; package = types.ModuleType('rigl_keras'); "
+            f"package.__path__ = [{package!r}]; sys.modules['rigl_keras'] = package; "
+            "import rigl_keras.experiments.config; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -50,6 +50,7 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest",
+            "pytest-xdist",
             "hypothesis",
             "matplotlib",
             "nbclient",

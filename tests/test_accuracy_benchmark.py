@@ -565,6 +565,7 @@ _TINY = ["--models", "lenet300_100", "--sparsities", "0.9", "--block_sparsities"
          "--seeds", "0", "--epochs", "1", "--steps_per_epoch", "2"]
 
 
+# Runs a sweep of the CLI end to end (about a minute): its tests are slow.
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     default = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tfds"
@@ -592,6 +593,7 @@ _TINY_KEYS = ["lenet300_100_dense_seed0_e1_spe2", "lenet300_100_rigl_s90_seed0_e
               "lenet300_100_rigl_nm2of4_s50_seed0_e1_spe2"]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_and_reports(tiny_sweep):
     root, _, report = tiny_sweep
     keys = _TINY_KEYS[:2]
@@ -641,6 +643,7 @@ def test_tiny_sweep_runs_and_reports(tiny_sweep):
         (_TINY_KEYS[3], "n_m", [2, 4], "uniform", "NM(n=2, m=4)"),
     ],
 )
+@pytest.mark.slow
 def test_tiny_sweep_trains_structured_masks(tiny_sweep, key, flag, value, distribution,
                                             structure):
     root, _, _ = tiny_sweep
@@ -670,6 +673,7 @@ def test_tiny_sweep_trains_structured_masks(tiny_sweep, key, flag, value, distri
     assert "1 of 1 |" in markdown.split("structured masks")[1]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_is_resumable(tiny_sweep):
     root, argv, _ = tiny_sweep
     runs = sorted((root / "runs").iterdir())

@@ -209,6 +209,7 @@ def test_tiny_report_measures_memory_of_the_timed_sparse_variants(tiny_report):
 # ---------------------------------------------------------------------------
 
 
+# Times three models end to end (over a minute and a half): its tests are slow.
 @pytest.fixture(scope="module")
 def sparsify_report(tmp_path_factory):
     output = tmp_path_factory.mktemp("overhead_sparsify") / "overhead.json"
@@ -216,6 +217,7 @@ def sparsify_report(tmp_path_factory):
     return json.loads(output.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_sparsify_report_config(sparsify_report):
     config = sparsify_report["config"]
     assert config["models"] == _SPARSIFY_MODELS
@@ -252,11 +254,13 @@ def _check_sparsify_timings(report, model):
         assert check["pass"]["fit"] == (ratio <= max_ratio)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", _SPARSIFY_MODELS)
 def test_sparsify_report_times_every_applicable_variant(sparsify_report, model):
     _check_sparsify_timings(sparsify_report, model)
 
 
+@pytest.mark.slow
 def test_sparsify_report_pairs_sparsify_with_masked_layers_on_lenet(sparsify_report):
     results = sparsify_report["results"]
     lenet = results["lenet300_100"]
@@ -318,6 +322,7 @@ def _check_memory(report, model, masked_params=None):
         assert f"| {model} | {variant} |" in table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", _SPARSIFY_MODELS)
 def test_sparsify_report_memory_is_counted_from_variables(sparsify_report, model):
     _check_memory(sparsify_report, model, _MASKED_PARAMS[model])
@@ -335,6 +340,7 @@ def test_mobilenet_v2_end_to_end(tmp_path):
     assert report["results"]["mobilenetv2"]["versus"] == {}
 
 
+@pytest.mark.slow
 def test_sparsify_report_memory_verdicts(sparsify_report):
     checks = [
         c for r in sparsify_report["results"].values() for c in r["memory"]["checks"].values()

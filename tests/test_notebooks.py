@@ -168,7 +168,13 @@ def _pngs(nb):
     )
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+# The quick start runs in the default suite; the other notebooks (about a
+# minute and a half together) in the slow one.
+_RUNS = [name if name == "quickstart" else pytest.param(name, marks=pytest.mark.slow)
+         for name in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("name", _RUNS)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     nbformat = _nbformat()
     try:

@@ -27,6 +27,7 @@ _TINY = [
 ]
 
 
+# Runs the scaling benchmark end to end (over a minute): its tests are slow.
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     output = tmp_path_factory.mktemp("scaling") / "scaling.json"
@@ -34,11 +35,13 @@ def tiny_report(tmp_path_factory):
     return returned, json.loads(output.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_report_file_equals_returned_report(tiny_report):
     returned, written = tiny_report
     assert written == json.loads(json.dumps(returned))
 
 
+@pytest.mark.slow
 def test_report_command_reproduces_the_config(tiny_report):
     _, report = tiny_report
     argv = shlex.split(report["command"])
@@ -52,6 +55,7 @@ def test_report_command_reproduces_the_config(tiny_report):
     assert (config["sparsity"], config["drop_fraction"]) == (0.9, 0.3)
 
 
+@pytest.mark.slow
 def test_report_machine_is_this_machine(tiny_report):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -62,6 +66,7 @@ def test_report_machine_is_this_machine(tiny_report):
     assert len(machine["load_average_before"]) == len(machine["load_average_after"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index,size", [(0, 1000), (1, 4000)])
 def test_update_rows(tiny_report, index, size):
     _, report = tiny_report
@@ -91,6 +96,7 @@ def test_update_rows(tiny_report, index, size):
     )
 
 
+@pytest.mark.slow
 def test_slopes_match_the_medians(tiny_report):
     _, report = tiny_report
     rows = report["update"]
@@ -102,6 +108,7 @@ def test_slopes_match_the_medians(tiny_report):
         assert slopes["largest_two"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index,devices", [(0, 1), (1, 2)])
 def test_mirrored_rows(tiny_report, index, devices):
     _, report = tiny_report
@@ -120,6 +127,7 @@ def test_mirrored_rows(tiny_report, index, devices):
     assert row["median_step_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_markdown_lists_every_row(tiny_report):
     _, report = tiny_report
     table = report["markdown"]

@@ -218,7 +218,7 @@ def test_tensorboard_has_loss_sparsity_and_drop_fraction(tmp_path):
 def test_logdir_without_tensorboard_is_a_usage_error(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        train_lib.importlib.util, "find_spec",
+        importlib.util, "find_spec",
         lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
     config = train_lib.TrainConfig(logdir=str(tmp_path), **TINY)
     with pytest.raises(train_lib.UsageError, match="pip install tensorboard"):

@@ -56,9 +56,19 @@ class DenseGradientRecorder:
             once per optimizer step, not once per micro-batch.
         micro_step_counter: With k > 1, the optimizer's raw counter of
             `apply` calls (it counts micro-batches).
+        lazy: Whether the stored gradient takes memory only from
+            `allocate()` until the next `reset()`. A lazy `gradient` holds
+            no element (shape `(0,)`) in between, so a model costs no
+            gradient copy between updates. Its shape then changes at
+            `allocate()` and `reset()`, which XLA allows only outside
+            compiled code: call `allocate()` before the (possibly
+            compiled) step that records, in `mode = "always"` (a lazy
+            recorder cannot decide in the graph). `momentum` needs
+            `lazy=False`.
 
     Raises:
-        ValueError: If `momentum` is outside `[0, 1)`.
+        ValueError: If `momentum` is outside `[0, 1)`, or set with
+            `lazy=True`.
 
     Example:
 
@@ -67,6 +77,13 @@ class DenseGradientRecorder:
     ...     (3, 2), counter, tf.Variable(1, dtype=tf.int64))
     >>> recorder.gradient.shape
     TensorShape([3, 2])
+    >>> lazy = DenseGradientRecorder(
+    ...     (3, 2), counter, tf.Variable(1, dtype=tf.int64), lazy=True)
+    >>> tf.shape(lazy.gradient).numpy().tolist()
+    [0]
+    >>> lazy.allocate()
+    >>> tf.shape(lazy.gradient).numpy().tolist()
+    [3, 2]
     """
 
     def __init__(
@@ -77,6 +94,7 @@ class DenseGradientRecorder:
         momentum=None,
         accumulation_steps=1,
         micro_step_counter=None,
+        lazy=False,
     ):
         if momentum is not None and not 0.0 <= momentum < 1.0:
             raise ValueError(
@@ -92,6 +110,13 @@ class DenseGradientRecorder:
                 "`micro_step_counter` is needed with `accumulation_steps` > 1. "
                 "Received: micro_step_counter=None"
             )
+        if lazy and momentum is not None:
+            raise ValueError(
+                "`lazy=True` cannot keep a moving average: it needs `momentum=None`. "
+                f"Received: momentum={momentum}"
+            )
+        self.shape = tf.TensorShape(shape)
+        self.lazy = bool(lazy)
         self.step_counter = step_counter
         self.record_step = record_step
         self.momentum = momentum
@@ -108,12 +133,31 @@ class DenseGradientRecorder:
         # each replica's loss by 1 / replicas, so that sum is the gradient
         # of the global batch, the one the optimizer applies.
         self.gradient = tf.Variable(
-            tf.zeros(shape, tf.float32),
+            self._empty() if self.lazy else tf.zeros(self.shape, tf.float32),
             trainable=False,
             name="dense_gradient",
+            # A lazy gradient changes shape between empty and the weight's.
+            shape=tf.TensorShape(None) if self.lazy else self.shape,
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.SUM,
         )
+
+    def _empty(self):
+        return tf.zeros((0,), tf.float32)
+
+    def allocate(self):
+        """Gives a lazy gradient its zeros of the weight's shape (call in
+        cross-replica context, outside XLA-compiled code)."""
+        self.gradient.assign(tf.zeros(self.shape, tf.float32))
+
+    def value(self):
+        """The stored gradient as a tensor of the weight's shape.
+
+        Read in cross-replica context, the sum over replicas. A lazy
+        gradient must be allocated.
+        """
+        stored = tf.convert_to_tensor(self.gradient)
+        return tf.reshape(stored, self.shape) if self.lazy else stored
 
     def should_record(self):
         """Returns a boolean tensor: is the current step a recording step?"""
@@ -148,6 +192,11 @@ class DenseGradientRecorder:
             return tf.constant(True)
         if self.mode == "never":
             return tf.constant(False)
+        if self.lazy:
+            raise ValueError(
+                "A lazy DenseGradientRecorder records in mode 'always' only (the "
+                "caller allocates it before that step). Received: mode='step'"
+            )
         return tf.cond(self.should_record(), record, lambda: tf.constant(False))
 
     def _moved_average(self, grad):
@@ -171,8 +220,9 @@ class DenseGradientRecorder:
         return tf.where(tf.reduce_all(tf.math.is_finite(grad)), moved, average)
 
     def reset(self):
-        """Zeroes the stored gradient (call in cross-replica context)."""
-        self.gradient.assign(tf.zeros_like(self.gradient))
+        """Zeroes the stored gradient, or empties a lazy one (call in
+        cross-replica context, outside XLA-compiled code)."""
+        self.gradient.assign(self._empty() if self.lazy else tf.zeros(self.shape, tf.float32))
 
 
 def _masked_gradient(grad, mask):

@@ -7,10 +7,13 @@ an update needs) and, in `model.fit`, the train functions that record:
 * where every batch is one optimizer step whose number is known in advance,
   two traced train functions, one that records and one that does not; the
   engine picks one per step (`before_step`), so the steps between updates
-  cost what static sparse training costs;
+  cost what static sparse training costs. The recorders are then lazy: a
+  gradient takes memory from just before its recording step until the
+  update has used it, and none between updates;
 * elsewhere (SNFS's every-step moving average, loss scaling that skips
   steps, gradient accumulation, several steps per execution) one train
-  function that decides in the graph.
+  function that decides in the graph, with recorders that keep their
+  gradient's memory for the whole update window.
 
 Recorders and train functions are reused across `fit()` calls while they
 are current: the same weights, the same optimizer, and the model not
@@ -48,19 +51,33 @@ class GradientRecording:
         # engine picks one per step, else the one "step" function.
         self._train_functions = {}
         self._mode = None
+        self._strategy = None
+        self._lazy = False
 
-    def is_current(self, weights, optimizer):
-        """Whether the recorders cover `weights`, for `optimizer`."""
+    def is_current(self, weights, optimizer, lazy=None):
+        """Whether the recorders cover `weights`, for `optimizer` (and,
+        unless `lazy` is None, are lazy iff `lazy`)."""
         return (
             self._record_step is not None
             and self._optimizer is optimizer
+            and lazy in (None, self._lazy)
             and set(self.recorders) == {w.key for w in weights}
             and gradients.attached_optimizer(optimizer)
         )
 
-    def prepare(self, weights, optimizer, strategy):
-        """Makes (or cleans and reuses) a recorder per weight."""
-        if self.is_current(weights, optimizer):
+    def prepare(self, weights, optimizer, strategy, lazy=False):
+        """Makes (or cleans and reuses) a recorder per weight.
+
+        Args:
+            weights: The `rigl_keras.masking.MaskedWeight`s to record.
+            optimizer: The optimizer whose hook records.
+            strategy: The `tf.distribute` strategy the variables live in.
+            lazy: Whether the recorders hold their gradient only from
+                `before_step(model, records=True)` until the update (for
+                the two swapped train functions of `model.fit`).
+        """
+        self._strategy = strategy
+        if self.is_current(weights, optimizer, lazy):
             # A fit() interrupted between a recording step and its update
             # (an exception in an earlier callback) left a gradient behind
             # that the next recording would add to.
@@ -80,10 +97,12 @@ class GradientRecording:
                     momentum=self.momentum,
                     accumulation_steps=accumulation,
                     micro_step_counter=lambda: base._iterations,  # pylint: disable=protected-access
+                    lazy=lazy,
                 )
                 for w in weights
             }
         self._optimizer = optimizer
+        self._lazy = lazy
         # Train functions traced before hold no recorder, or other ones.
         self._train_functions = {}
 
@@ -122,10 +141,28 @@ class GradientRecording:
         self._mode = mode
 
     def before_step(self, model, records):
-        """Installs the train function that records iff `records`."""
+        """Installs the train function that records iff `records`, and
+        gives lazy recorders their memory before the step that records."""
         wanted = "always" if records else "never"
+        if records and self._lazy:
+            with self._strategy.scope():
+                for recorder in self.recorders.values():
+                    recorder.allocate()
         if wanted != self._mode:
             self.use(model, wanted)
+
+    def ready_for_update(self):
+        """Allocates (as zeros) lazy gradients no step recorded into.
+
+        Only a step run without `before_step` leaves one empty; the update
+        then sees a zero gradient and warns about it.
+        """
+        if not self._lazy:
+            return
+        with self._strategy.scope():
+            for recorder in self.recorders.values():
+                if int(tf.size(recorder.gradient)) == 0:
+                    recorder.allocate()
 
     def schedule(self, step):
         """Records the gradient of optimizer step `step` (`None`: none)."""
@@ -133,7 +170,8 @@ class GradientRecording:
             self._record_step.assign(-1 if step is None else step)
 
     def reset(self, strategy):
-        """Zeroes the stored gradients (not the SNFS moving averages)."""
+        """Zeroes (lazy recorders: empties) the stored gradients; not the
+        SNFS moving averages."""
         if self.momentum is not None:
             return
         with strategy.scope():
@@ -158,6 +196,7 @@ class GradientRecording:
         self._optimizer = None
         self._train_functions = {}
         self._mode = None
+        self._lazy = False
         return attached
 
     def _set_mode(self, mode):

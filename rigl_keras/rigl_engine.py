@@ -112,12 +112,20 @@ class RigLEngine(engine_lib.MaskEngine):
     def dense_gradients(self):
         """`{weight key: float32 variable}`: what the next update grows by.
 
-        For RigL, the dense gradient `dL/d(W * M)` of the update step (zero
-        until that step is taken, and again after the update); for SNFS its
-        moving average over steps. Under a distribution strategy each is an
-        `ON_READ` variable whose value, read in cross-replica context, is
-        the global-batch gradient. Empty for rules that do not use the
-        gradient, and before training starts.
+        For RigL, the dense gradient `dL/d(W * M)` of the update step; for
+        SNFS its moving average over steps. Under a distribution strategy
+        each is an `ON_READ` variable whose value, read in cross-replica
+        context, is the global-batch gradient. Only weights the update
+        rewires have one (not those kept dense); the dict is empty for
+        rules that do not use the gradient, and before training starts.
+
+        In `model.fit` (one optimizer step per batch, no loss scaling or
+        gradient accumulation) a RigL gradient takes memory only on update
+        steps: it holds the weight's shape from the start of the update
+        step until the update has used it, and no element (shape `(0,)`)
+        in between. Elsewhere (SNFS, `CustomLoop`, loss scaling, gradient
+        accumulation, `steps_per_execution > 1`) it keeps the weight's
+        shape through the update window and holds zeros between updates.
         """
         return {
             key: recorder.gradient for key, recorder in self._recording.recorders.items()
@@ -131,8 +139,10 @@ class RigLEngine(engine_lib.MaskEngine):
         return super().start_epoch(epoch)
 
     def before_step(self, step):
-        if self._recording.swaps() and self._updates_left:
-            self._recording.before_step(self.model, step == self._next_update)
+        if self._recording.swaps():
+            self._recording.before_step(
+                self.model, self._updates_left and step == self._next_update
+            )
 
     def end(self):
         model = self.model if self._fit_params is not None else None
@@ -335,21 +345,25 @@ class RigLEngine(engine_lib.MaskEngine):
     # Dense-gradient recording.
 
     def _hook_recorders(self):
-        if self._recording.is_current(self._weights, self.optimizer):
+        if self._recording.is_current(self._sparse_weights(), self.optimizer):
             return self._recording.recorders
         return {}
 
     def _attach_recorders(self):
-        """Gives every masked weight a dense-gradient recorder in the
-        optimizer's gradient hook and, in `fit`, makes the train
+        """Gives every weight the update rewires a dense-gradient recorder
+        in the optimizer's gradient hook and, in `fit`, makes the train
         function(s) that use them."""
         if not self.updater.uses_gradient:
             return
-        self._recording.prepare(self._weights, self.optimizer, self._strategy)
+        swaps = self._fit_params is not None and self._can_swap_train_functions()
+        # Weights kept dense (a target of 0) never grow: no recorder.
+        self._recording.prepare(
+            self._sparse_weights(), self.optimizer, self._strategy, lazy=swaps
+        )
         gradients.attach(self.optimizer, self._weights, self._recording.recorders)
         if self._fit_params is None:
             return  # A custom loop traces its own step after begin().
-        self._recording.make_train_functions(self.model, self._can_swap_train_functions())
+        self._recording.make_train_functions(self.model, swaps)
 
     def _can_swap_train_functions(self):
         """Per-step choice of train function works when every batch is one
@@ -391,7 +405,7 @@ class RigLEngine(engine_lib.MaskEngine):
         kernel = tf.convert_to_tensor(weight.variable)
         mask = tf.convert_to_tensor(weight.mask)
         if recorder is not None:
-            gradient = tf.convert_to_tensor(recorder.gradient)
+            gradient = recorder.value()
         else:
             gradient = tf.zeros(tf.shape(kernel), tf.float32)
         finite = tf.logical_and(
@@ -448,6 +462,7 @@ class RigLEngine(engine_lib.MaskEngine):
             self._recording.reset(self._strategy)
             self._churn = {w.key: 0.0 for w in self._sparse_weights()}
             return
+        self._recording.ready_for_update()
         with self._strategy.scope():
             update = self._cached_for_model("update", self._build_update_function)
             results = update(tf.constant(fraction, tf.float64), tf.constant(step, tf.int64))

@@ -261,6 +261,46 @@ def test_recorder_momentum_validated(momentum):
                               tf.Variable(1, dtype=tf.int64), momentum=momentum)
 
 
+def _lazy_recorder():
+    return DenseGradientRecorder(
+        (3, 2), tf.Variable(0, dtype=tf.int64), tf.Variable(1, dtype=tf.int64), lazy=True)
+
+
+def test_lazy_recorder_holds_its_gradient_from_allocate_to_reset():
+    recorder = _lazy_recorder()
+    assert recorder.gradient.numpy().shape == (0,)
+    recorder.allocate()
+    np.testing.assert_array_equal(recorder.value().numpy(), np.zeros((3, 2)))
+    recorder.mode = "always"
+
+    @tf.function
+    def record(grad):
+        return recorder.maybe_record(grad)
+
+    grad = np.arange(6, dtype="float32").reshape(3, 2)
+    record(tf.constant(grad))
+    np.testing.assert_array_equal(recorder.value().numpy(), grad)
+    recorder.reset()
+    assert recorder.gradient.numpy().shape == (0,)
+    # The traced function records again after the next allocate().
+    recorder.allocate()
+    record(tf.constant(2 * grad))
+    np.testing.assert_array_equal(recorder.value().numpy(), 2 * grad)
+
+
+def test_lazy_recorder_refuses_to_decide_in_the_graph():
+    recorder = _lazy_recorder()
+    recorder.allocate()
+    with pytest.raises(ValueError, match="mode='step'"):
+        recorder.maybe_record(tf.ones((3, 2)))
+
+
+def test_lazy_recorder_keeps_no_moving_average():
+    with pytest.raises(ValueError, match="momentum=0.9"):
+        DenseGradientRecorder((2, 2), tf.Variable(0, dtype=tf.int64),
+                              tf.Variable(1, dtype=tf.int64), momentum=0.9, lazy=True)
+
+
 def test_docstring_examples():
     failures, _ = doctest.testmod(
         gradients, extraglobs={"tf": tf, "keras": keras}, optionflags=doctest.ELLIPSIS

@@ -127,7 +127,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import pathlib
 import platform
 import sys

@@ -133,7 +133,7 @@ class DenseGradientRecorder:
         # each replica's loss by 1 / replicas, so that sum is the gradient
         # of the global batch, the one the optimizer applies.
         self.gradient = tf.Variable(
-            self._empty() if self.lazy else tf.zeros(self.shape, tf.float32),
+            self._initial_value(),
             trainable=False,
             name="dense_gradient",
             # A lazy gradient changes shape between empty and the weight's.
@@ -142,8 +142,10 @@ class DenseGradientRecorder:
             aggregation=tf.VariableAggregation.SUM,
         )
 
-    def _empty(self):
-        return tf.zeros((0,), tf.float32)
+    def _initial_value(self):
+        """Zeros of the weight's shape, or no element for a lazy gradient."""
+        shape = (0,) if self.lazy else self.shape
+        return tf.zeros(shape, tf.float32)
 
     def allocate(self):
         """Gives a lazy gradient its zeros of the weight's shape (call in
@@ -222,7 +224,7 @@ class DenseGradientRecorder:
     def reset(self):
         """Zeroes the stored gradient, or empties a lazy one (call in
         cross-replica context, outside XLA-compiled code)."""
-        self.gradient.assign(self._empty() if self.lazy else tf.zeros(self.shape, tf.float32))
+        self.gradient.assign(self._initial_value())
 
 
 def _masked_gradient(grad, mask):

@@ -81,7 +81,7 @@ class GradientRecording:
             # A fit() interrupted between a recording step and its update
             # (an exception in an earlier callback) left a gradient behind
             # that the next recording would add to.
-            self.reset(strategy)
+            self.reset()
             return
         base = optimizer_state.base_optimizer(optimizer)
         accumulation = int(getattr(base, "gradient_accumulation_steps", None) or 1)
@@ -169,12 +169,12 @@ class GradientRecording:
         if self._record_step is not None:
             self._record_step.assign(-1 if step is None else step)
 
-    def reset(self, strategy):
+    def reset(self):
         """Zeroes (lazy recorders: empties) the stored gradients; not the
         SNFS moving averages."""
-        if self.momentum is not None:
+        if self.momentum is not None or not self.recorders:
             return
-        with strategy.scope():
+        with self._strategy.scope():
             for recorder in self.recorders.values():
                 recorder.reset()
 

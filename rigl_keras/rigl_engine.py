@@ -459,7 +459,7 @@ class RigLEngine(engine_lib.MaskEngine):
         fraction = float(self._resolved_schedule(step))
         self._drop_fraction_now = fraction
         if fraction <= 0.0:  # nothing to replace (the cosine at end_step)
-            self._recording.reset(self._strategy)
+            self._recording.reset()
             self._churn = {w.key: 0.0 for w in self._sparse_weights()}
             return
         self._recording.ready_for_update()
